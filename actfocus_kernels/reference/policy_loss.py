@@ -1,0 +1,114 @@
+"""Reference fused policy loss on rows (SPEC section 4), the closed-form gradient included.
+
+All backends share this row-level contract: the public op flattens ``[B, L, V]`` / packed inputs
+to rows and folds the aggregation mode into a per-token ``scale`` (``d loss / d token_loss``), so
+``loss = sum_t scale_t * l_t`` and the gradient of row t is
+
+    dz_t = scale_t / T * (c_t (onehot(y_t) - p) + h p (s - mu)),   mu = sum_v p_v s_v,
+    c_t = w_t dL_pg/dlogp + kl_coef dKL/dlogp.
+
+The tests check it against float64 autograd of the loss written independently.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .token_stats import compute_dtype, token_stats
+
+RATIO_LOG_CLAMP = 20.0
+
+
+def surrogate(
+    logp: torch.Tensor,
+    old_logp: Optional[torch.Tensor],
+    advantages: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped surrogate -> ``(L_pg, dL_pg/dlogp, ratio, clipped)``; ``dual_clip <= 1`` is off.
+
+    ``old_logp=None`` is on-policy: ratio 1 with ``d ratio / d logp = 1``. The derivative is 0 where
+    the clip or dual clip is active, or where the log-ratio clamp at +-20 is.
+    """
+    delta = torch.zeros_like(logp) if old_logp is None else logp - old_logp
+    ratio = torch.exp(torch.clamp(delta, -RATIO_LOG_CLAMP, RATIO_LOG_CLAMP))
+    unclipped = -advantages * ratio
+    clipped_loss = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    clipped = clipped_loss > unclipped
+    loss = torch.where(clipped, clipped_loss, unclipped)
+    if dual_clip > 1.0:
+        dual = -advantages * dual_clip
+        dual_clipped = (advantages < 0) & (loss > dual)
+        loss = torch.where(dual_clipped, dual, loss)
+        clipped = clipped | dual_clipped
+    flat = clipped | (delta.abs() > RATIO_LOG_CLAMP)
+    return loss, torch.where(flat, 0.0, unclipped), ratio, clipped
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kl_type: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(KL, dKL/dlogp)``: k1 ``logp - ref``; k2 ``(logp - ref)^2 / 2``;
+    k3 ``exp(ref - logp) - (ref - logp) - 1``."""
+    diff = logp - ref_logp
+    if kl_type == 1:
+        return diff, torch.ones_like(diff)
+    if kl_type == 2:
+        return 0.5 * diff * diff, diff
+    return torch.exp(-diff) + diff - 1.0, 1.0 - torch.exp(-diff)
+
+
+def policy_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    old_logp: Optional[torch.Tensor],
+    advantages: torch.Tensor,
+    ref_logp: Optional[torch.Tensor],
+    weights: torch.Tensor,
+    scale: torch.Tensor,
+    temperature: float,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float,
+    kl_coef: float,
+    kl_type: int,
+    entropy_coef: float,
+    ignore_index: int,
+    dlogits: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, ...]:
+    """Rows ``logits [N, V]``; per-token ``[N]`` inputs -> ``(token_loss, logp, energy, entropy,
+    ratio, clipped)`` with ``token_loss = scale * (w L_pg + kl_coef KL - entropy_coef H)``, exactly 0
+    on inactive rows (``scale == 0`` or ``target == ignore_index``), whose inputs may hold anything.
+    When ``dlogits`` is given it receives ``d sum(token_loss) / d logits`` (zero on inactive rows).
+    """
+    dtype = compute_dtype(logits)
+    active = (scale != 0) & (targets != ignore_index)
+
+    def on_active(values: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if values is None else torch.where(active, values.to(dtype), 0.0)
+
+    logp, energy, entropy = token_stats(logits, targets, temperature, ignore_index)
+    pg_loss, d_pg, ratio, clipped = surrogate(
+        logp, on_active(old_logp), on_active(advantages), clip_low, clip_high, dual_clip
+    )
+    weight = on_active(weights)
+    loss, coeff = weight * pg_loss - entropy_coef * entropy, weight * d_pg
+    if kl_coef > 0 and ref_logp is not None:
+        kl, d_kl = kl_penalty(logp, on_active(ref_logp), kl_type)
+        loss, coeff = loss + kl_coef * kl, coeff + kl_coef * d_kl
+    token_loss = torch.where(active, on_active(scale) * loss, 0.0)
+    if dlogits is not None:
+        dlogits.copy_(_row_gradient(logits, targets, temperature, entropy_coef, on_active(scale), coeff, active))
+    return token_loss, logp, energy, entropy, ratio, clipped & active
+
+
+def _row_gradient(logits, targets, temperature, entropy_coef, scale, coeff, active) -> torch.Tensor:
+    """``scale / T * (c (onehot(y) - p) + h p (s - mu))`` per row, zero on inactive rows."""
+    scaled = logits.to(compute_dtype(logits)) / temperature
+    probs = torch.softmax(scaled, dim=-1)
+    finite_s = torch.where(probs > 0, scaled, 0.0)
+    mu = (probs * finite_s).sum(-1, keepdim=True)
+    onehot = torch.zeros_like(probs).scatter_(-1, torch.where(active, targets, 0).unsqueeze(-1), 1.0)
+    grad = coeff.unsqueeze(-1) * (onehot - probs) + entropy_coef * probs * (finite_s - mu)
+    return torch.where(active.unsqueeze(-1), (scale / temperature).unsqueeze(-1) * grad, 0.0)

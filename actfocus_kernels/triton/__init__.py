@@ -1,0 +1,1 @@
+"""Triton kernels. Import lazily: ``TRITON_INTERPRET=1`` must be set before these modules load."""
