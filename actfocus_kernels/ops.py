@@ -110,7 +110,9 @@ def scaled_gradient(dlogits: Tensor, grad_loss: Tensor) -> Tensor:
     """``dlogits`` was computed for a unit incoming gradient: rescale unless it is exactly 1."""
     if torch.is_grad_enabled():
         raise RuntimeError("actfocus policy_loss does not support double backward (create_graph=True)")
-    if not torch.compiler.is_compiling() and bool(grad_loss == 1):
+    # the check reads the value: only for plain eager tensors, never while tracing
+    eager = type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling()
+    if eager and bool(grad_loss == 1):
         return dlogits
     return dlogits * grad_loss.to(dlogits.dtype)
 

@@ -79,7 +79,8 @@ def policy_loss(
 ) -> tuple[torch.Tensor, ...]:
     """Rows ``logits [N, V]``; per-token ``[N]`` inputs -> ``(token_loss, logp, energy, entropy,
     ratio, clipped)`` with ``token_loss = scale * (w L_pg + kl_coef KL - entropy_coef H)``, exactly 0
-    on inactive rows (``scale == 0`` or ``target == ignore_index``), whose inputs may hold anything.
+    on inactive rows (``scale == 0`` or ``target == ignore_index``), whose inputs may hold anything
+    and whose ratio is reported as 1 (not clipped).
     When ``dlogits`` is given it receives ``d sum(token_loss) / d logits`` (zero on inactive rows).
     """
     dtype = compute_dtype(logits)
@@ -100,15 +101,16 @@ def policy_loss(
     token_loss = torch.where(active, on_active(scale) * loss, 0.0)
     if dlogits is not None:
         dlogits.copy_(_row_gradient(logits, targets, temperature, entropy_coef, on_active(scale), coeff, active))
-    return token_loss, logp, energy, entropy, ratio, clipped & active
+    return token_loss, logp, energy, entropy, torch.where(active, ratio, 1.0), clipped & active
 
 
 def _row_gradient(logits, targets, temperature, entropy_coef, scale, coeff, active) -> torch.Tensor:
     """``scale / T * (c (onehot(y) - p) + h p (s - mu))`` per row, zero on inactive rows."""
-    scaled = logits.to(compute_dtype(logits)) / temperature
-    probs = torch.softmax(scaled, dim=-1)
-    finite_s = torch.where(probs > 0, scaled, 0.0)
-    mu = (probs * finite_s).sum(-1, keepdim=True)
+    z = logits.to(compute_dtype(logits))
+    centred = (z - z.max(dim=-1, keepdim=True).values) / temperature  # s - max s: same p and s - mu
+    probs = torch.softmax(centred, dim=-1)
+    finite = torch.where(probs > 0, centred, 0.0)
+    mu = (probs * finite).sum(-1, keepdim=True)
     onehot = torch.zeros_like(probs).scatter_(-1, torch.where(active, targets, 0).unsqueeze(-1), 1.0)
-    grad = coeff.unsqueeze(-1) * (onehot - probs) + entropy_coef * probs * (finite_s - mu)
+    grad = coeff.unsqueeze(-1) * (onehot - probs) + entropy_coef * probs * (finite - mu)
     return torch.where(active.unsqueeze(-1), (scale / temperature).unsqueeze(-1) * grad, 0.0)

@@ -15,15 +15,18 @@ def token_stats(
     """Rows ``logits [N, V]``, ``targets [N]`` -> ``(logp, energy, entropy)``, each ``[N]``.
 
     With ``s = z / T``: ``lse = logsumexp(s)``, ``logp = s[y] - lse`` (0 where ``y == ignore_index``),
-    ``energy = -T lse``, ``entropy = lse - sum_v p_v s_v``. Differentiable in ``logits``.
+    ``energy = -T lse``, ``entropy = lse - sum_v p_v s_v``. Computed on the centred logits
+    ``c = (z - max z) / T`` (``lse = max z / T + logsumexp(c)``) so that extreme logits do not
+    cancel; ``p c`` is taken as 0 where ``p == 0`` (``-inf`` entries of a padded vocabulary).
     """
-    scaled = logits.to(compute_dtype(logits)) / temperature
-    lse = torch.logsumexp(scaled, dim=-1)
-    probs = torch.softmax(scaled, dim=-1)
-    # p * s is 0 where p == 0, including s == -inf (padded vocabulary entries), gradient included.
-    expected_s = (probs * torch.where(probs > 0, scaled, torch.zeros_like(scaled))).sum(-1)
+    z = logits.to(compute_dtype(logits))
+    row_max = z.max(dim=-1, keepdim=True).values
+    centred = (z - row_max) / temperature
+    lse_centred = torch.logsumexp(centred, dim=-1)
+    probs = torch.softmax(centred, dim=-1)
+    expected_centred = (probs * torch.where(probs > 0, centred, 0.0)).sum(-1)
     valid = targets != ignore_index
-    index = torch.where(valid, targets, torch.zeros_like(targets)).unsqueeze(-1)
-    target_s = scaled.gather(-1, index).squeeze(-1)
-    logp = torch.where(valid, target_s - lse, torch.zeros_like(lse))
-    return logp, -temperature * lse, lse - expected_s
+    target_centred = centred.gather(-1, torch.where(valid, targets, 0).unsqueeze(-1)).squeeze(-1)
+    logp = torch.where(valid, target_centred - lse_centred, 0.0)
+    energy = -(row_max.squeeze(-1) + temperature * lse_centred)
+    return logp, energy, lse_centred - expected_centred

@@ -80,7 +80,7 @@ def _policy_loss_kernel(
     tl.store(logp_ptr + row, logp)
     tl.store(energy_ptr + row, -(row_max + temperature * log_d))
     tl.store(entropy_ptr + row, entropy)
-    tl.store(ratio_ptr + row, ratio)
+    tl.store(ratio_ptr + row, tl.where(active, ratio, 1.0))
     tl.store(clipped_ptr + row, (clipped & active).to(tl.int8))
 
     # gradient pass: dz = scale / T * (c (onehot - p) + h p (s - mu))
