@@ -1,0 +1,130 @@
+"""Command line: ``python -m actfocus_trainer train|compare|diagnose`` (``--help`` on each)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from .compare import format_table, run_compare
+from .envs import ENV_NAMES
+from .train import EVAL_SEED_OFFSET, TrainConfig, prepare_policy, resolve_device, rollouts, train
+
+
+def env_kwargs(args) -> dict:
+    """Environment options the flags select (FrozenLake layout and start, Sokoban difficulty)."""
+    if args.env.startswith("frozenlake"):
+        return {"layout": args.layout, "random_start": args.start == "random"}
+    return {"reverse_steps": args.reverse_steps}
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    env = parser.add_argument_group("environment")
+    env.add_argument("--env", default=d.env, choices=ENV_NAMES)
+    env.add_argument("--layout", default="standard", choices=("standard", "random"),
+                     help="FrozenLake map: Gymnasium's fixed map or one drawn per start state")
+    env.add_argument("--start", default="random", choices=("fixed", "random"),
+                     help="FrozenLake start tile: S, or a random tile that can reach the goal")
+    env.add_argument("--reverse-steps", type=int, default=12, help="Sokoban generator difficulty")
+    run = parser.add_argument_group("run")
+    run.add_argument("--steps", type=int, default=d.steps, help="RL steps")
+    run.add_argument("--prompts", type=int, default=d.prompts, help="start states per step")
+    run.add_argument("--group-size", type=int, default=d.group_size, help="GRPO rollouts per start state")
+    run.add_argument("--epochs", type=int, default=d.epochs, help="PPO epochs per batch")
+    run.add_argument("--minibatches", type=int, default=d.minibatches)
+    run.add_argument("--lr", type=float, default=d.lr)
+    run.add_argument("--temperature", type=float, default=d.temperature)
+    run.add_argument("--context", default=d.context, choices=("turn", "full"),
+                     help="what a turn sees: its own observation, or the whole trajectory so far")
+    run.add_argument("--max-response-tokens", type=int, default=d.max_response_tokens)
+    run.add_argument("--warmstart-steps", type=int, default=d.warmstart_steps)
+    run.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
+    run.add_argument("--reasoning-weight", type=float, default=d.reasoning_weight, help="ActFocus lambda")
+    run.add_argument("--redistribution", type=float, default=d.redistribution, help="ActFocus gamma")
+    run.add_argument("--model", default=None, help="local Hugging Face causal LM directory")
+    run.add_argument("--device", default=d.device)
+    run.add_argument("--backend", default=d.backend, choices=("auto", "reference", "cpu", "cuda", "triton"))
+    run.add_argument("--threads", type=int, default=1,
+                     help="CPU threads for torch (the built-in model is too small to gain from more)")
+    run.add_argument("--out", default=None, help="output directory (default runs/<command>-<env>)")
+    run.add_argument("--no-progress", action="store_true")
+
+
+def config_from(args, **overrides) -> TrainConfig:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    return TrainConfig(**{**values, "env_kwargs": env_kwargs(args), **overrides})
+
+
+def cmd_train(args) -> None:
+    cfg = config_from(args)
+    out = Path(args.out or f"runs/train-{args.env}-{cfg.label}-seed{cfg.seed}")
+    result = train(cfg, out_dir=out, progress=not args.no_progress)
+    print(f"{cfg.label} on {cfg.env}: success {100 * result.initial_success:.1f}% before RL -> "
+          f"{100 * result.final_success:.1f}% after {cfg.steps} steps ({result.seconds:.0f} s)")
+    print(f"log: {out / 'log.jsonl'}   curve: {out / 'curve.png'}")
+
+
+def cmd_compare(args) -> None:
+    base = config_from(args)
+    out = Path(args.out or f"runs/compare-{args.env}")
+    seeds = list(range(args.seeds))
+    summary = run_compare(base, args.algos.split(","), seeds, out, progress=not args.no_progress)
+    print(format_table(summary))
+    print(f"\nplot: {summary['plot']}   summary: {out / 'compare.json'}")
+
+
+def cmd_diagnose(args) -> None:
+    from actfocus_kernels import ActFocusConfig
+
+    from .diagnostics import diagnose
+    from .policy import load_policy
+    from .tokenizer import WordTokenizer
+
+    cfg = config_from(args)
+    if args.checkpoint:
+        policy, tokenizer = load_policy(args.checkpoint, resolve_device(cfg.device)), WordTokenizer()
+    else:
+        policy, tokenizer = prepare_policy(cfg, not args.no_progress)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    seeds = [EVAL_SEED_OFFSET + i for i in range(args.prompts)]
+    report = diagnose(policy, tokenizer, lambda s, g: rollouts(policy, tokenizer, cfg, s, g, generator),
+                      seeds, args.group_size, cfg.context,
+                      ActFocusConfig(reasoning_weight=cfg.reasoning_weight, redistribution=cfg.redistribution),
+                      cfg.backend)
+    print(f"{report['episodes']} rollouts ({args.prompts} prompts x {args.group_size}), success "
+          f"{100 * report['success']:.1f}%, prompts with reward spread: {report['prompts_with_reward_spread']}")
+    print("| weights | tokens | token share | share of ‖dz‖ | mean ‖dz‖ | corr(‖dz‖, reward var) "
+          "| corr(‖dz‖/|A|, reward var) |")
+    print("|---|---|---|---|---|---|---|")
+    for weights in ("vanilla", "actfocus"):
+        for name, row in report[weights].items():
+            print(f"| {weights} | {name} | {100 * row['token_share']:.1f}% | {100 * row['signal_share']:.1f}% | "
+                  f"{row['mean_norm']:.2e} | {row['corr_reward_var']:+.2f} | {row['corr_unit_reward_var']:+.2f} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m actfocus_trainer", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p_train = commands.add_parser("train", help="train one policy and log its learning curve")
+    add_common(p_train)
+    p_train.add_argument("--algo", default="grpo", choices=("grpo", "ppo"))
+    p_train.add_argument("--actfocus", action=argparse.BooleanOptionalAction, default=False)
+    p_train.add_argument("--seed", type=int, default=0)
+    p_compare = commands.add_parser("compare", help="each algorithm with and without ActFocus over seeds")
+    add_common(p_compare)
+    p_compare.add_argument("--algos", default="grpo,ppo", help="comma-separated: grpo, ppo")
+    p_compare.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    p_diagnose = commands.add_parser("diagnose", help="measure the Action Bottleneck on a batch of rollouts")
+    add_common(p_diagnose)
+    p_diagnose.add_argument("--checkpoint", default=None, help="policy.pt written by train (default: warm start)")
+    p_diagnose.add_argument("--seed", type=int, default=0)
+    p_diagnose.set_defaults(prompts=32)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    {"train": cmd_train, "compare": cmd_compare, "diagnose": cmd_diagnose}[args.command](args)

@@ -1,0 +1,190 @@
+"""The training loop: warm start, then rollouts and GRPO/PPO updates, with logs and a final eval.
+
+``prepare_policy`` builds the policy (built-in or ``--model``) and warm-starts it; ``train`` runs RL
+from it. Success rates are measured on sampled rollouts (temperature 1): per step on the training
+rollouts, and before/after training on ``eval_episodes`` fixed evaluation start states shared by
+every run with the same config, so arms of a comparison are scored on the same states.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from actfocus_kernels import ActFocusConfig, PolicyLossConfig
+
+from .algos import AlgoConfig, Learner
+from .envs import make_env
+from .masks import build_batch
+from .policy import TinyCausalLM, load_hf_policy, save_policy
+from .rollout import collect
+from .tokenizer import WordTokenizer
+from .warmstart import warm_start
+
+EVAL_SEED_OFFSET = 1_000_000
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; the CLI flags map one to one onto these fields."""
+
+    env: str = "frozenlake"
+    env_kwargs: dict = field(default_factory=dict)
+    algo: str = "grpo"
+    actfocus: bool = False
+    steps: int = 30
+    prompts: int = 8
+    group_size: int = 8
+    epochs: int = 2
+    minibatches: int = 2
+    lr: float = 1e-3
+    temperature: float = 1.0
+    context: str = "turn"
+    max_response_tokens: int = 16
+    warmstart_steps: int = 40
+    eval_episodes: int = 128
+    seed: int = 0
+    device: str = "auto"
+    model: str | None = None
+    backend: str = "auto"
+    reasoning_weight: float = 0.5
+    redistribution: float = 1.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.algo.upper()}{'+ActFocus' if self.actfocus else ''}"
+
+    def algo_config(self) -> AlgoConfig:
+        return AlgoConfig(algo=self.algo, actfocus=self.actfocus, epochs=self.epochs,
+                          minibatches=self.minibatches, lr=self.lr, backend=self.backend,
+                          loss=PolicyLossConfig(temperature=self.temperature),
+                          actfocus_cfg=ActFocusConfig(reasoning_weight=self.reasoning_weight,
+                                                      redistribution=self.redistribution))
+
+
+@dataclass
+class TrainResult:
+    """Per-step log records, the success rates before and after RL, and the trained policy."""
+
+    records: list[dict]
+    initial_success: float
+    final_success: float
+    policy: torch.nn.Module
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def prepare_policy(cfg: TrainConfig, progress: bool = True):
+    """``(policy, tokenizer)``: the built-in model (seeded by ``cfg.seed``) or ``cfg.model``,
+    warm-started for ``cfg.warmstart_steps`` steps on random well-formed turns."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if cfg.model:
+        policy, tokenizer = load_hf_policy(cfg.model, device)
+    else:
+        tokenizer = WordTokenizer()
+        policy = TinyCausalLM(tokenizer.vocab_size).to(device)
+    if cfg.warmstart_steps:
+        with tqdm(total=cfg.warmstart_steps, desc="warm start", disable=not progress, leave=False) as bar:
+            warm_start(policy, tokenizer, lambda: make_env(cfg.env, **cfg.env_kwargs),
+                       steps=cfg.warmstart_steps, context=cfg.context, seed=cfg.seed,
+                       instructions=cfg.model is not None, progress=bar)
+    return policy, tokenizer
+
+
+def rollouts(policy, tokenizer, cfg: TrainConfig, seeds: list[int], group_size: int, generator):
+    return collect(policy, tokenizer, lambda: make_env(cfg.env, **cfg.env_kwargs), seeds,
+                   group_size=group_size, context=cfg.context, max_response_tokens=cfg.max_response_tokens,
+                   temperature=cfg.temperature, instructions=cfg.model is not None, generator=generator)
+
+
+def evaluate(policy, tokenizer, cfg: TrainConfig) -> float:
+    """Success rate over ``cfg.eval_episodes`` fixed start states (sampled at ``cfg.temperature``)."""
+    seeds = [EVAL_SEED_OFFSET + i for i in range(cfg.eval_episodes)]
+    generator = torch.Generator().manual_seed(EVAL_SEED_OFFSET + cfg.seed)
+    episodes = rollouts(policy, tokenizer, cfg, seeds, 1, generator)
+    return sum(ep.success for ep in episodes) / len(episodes)
+
+
+def episode_metrics(episodes) -> dict[str, float]:
+    """Success rate, mean return, share of unparseable turns, turns and response tokens per episode,
+    and the share of response tokens inside the answer span."""
+    turns = [turn for ep in episodes for turn in ep.turns]
+    tokens = sum(len(turn.response) for turn in turns)
+    action_tokens = sum(turn.answer_span[1] - turn.answer_span[0] for turn in turns if turn.answer_span)
+    return {"success": sum(ep.success for ep in episodes) / len(episodes),
+            "return": sum(ep.total_return for ep in episodes) / len(episodes),
+            "format_error": sum(turn.action is None for turn in turns) / len(turns),
+            "turns": len(turns) / len(episodes),
+            "response_tokens": tokens / len(episodes),
+            "action_token_share": action_tokens / max(tokens, 1)}
+
+
+def train(cfg: TrainConfig, policy=None, tokenizer=None, out_dir: str | Path | None = None,
+          progress: bool = True) -> TrainResult:
+    """Run ``cfg.steps`` RL steps (warm-starting a fresh policy unless one is given).
+
+    Each step plays ``prompts`` start states: GRPO ``group_size`` rollouts each, PPO one rollout
+    from each of ``prompts * group_size`` start states, so both see the same number of episodes.
+    With ``out_dir``: ``log.jsonl`` (one record per step), ``config.json``, ``curve.png`` and, for the
+    built-in model, ``policy.pt``.
+    """
+    started = time.time()
+    if policy is None:
+        policy, tokenizer = prepare_policy(cfg, progress)
+    rng = random.Random(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    learner = Learner(policy, cfg.algo_config(), cfg.context)
+    device = next(policy.parameters()).device
+    initial = evaluate(policy, tokenizer, cfg)
+    records = []
+    bar = tqdm(range(1, cfg.steps + 1), desc=cfg.label, disable=not progress, leave=False)
+    for step in bar:
+        group_size = cfg.group_size if cfg.algo == "grpo" else 1
+        count = cfg.prompts if cfg.algo == "grpo" else cfg.prompts * cfg.group_size
+        seeds = [rng.randrange(EVAL_SEED_OFFSET) for _ in range(count)]
+        episodes = rollouts(policy, tokenizer, cfg, seeds, group_size, generator)
+        batch = build_batch(episodes, tokenizer.pad_id).to(device)
+        returns = torch.tensor([ep.total_return for ep in episodes])
+        groups = torch.tensor([ep.group for ep in episodes])
+        record = {"step": step, **episode_metrics(episodes),
+                  **learner.update(batch, returns, groups, generator), "seconds": time.time() - started}
+        records.append(record)
+        bar.set_postfix(success=f"{record['success']:.2f}")
+    final = evaluate(policy, tokenizer, cfg)
+    result = TrainResult(records, initial, final, policy, time.time() - started)
+    if out_dir is not None:
+        write_run(Path(out_dir), cfg, result)
+    return result
+
+
+def write_run(out_dir: Path, cfg: TrainConfig, result: TrainResult) -> None:
+    """Write the log, config, learning curve and (built-in model) weights of a run."""
+    from .plots import plot_runs
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "log.jsonl", "w") as log:
+        for record in result.records:
+            log.write(json.dumps(record) + "\n")
+    summary = {"config": asdict(cfg), "initial_success": result.initial_success,
+               "final_success": result.final_success, "seconds": result.seconds}
+    (out_dir / "config.json").write_text(json.dumps(summary, indent=2))
+    plot_runs({cfg.label: [result.records]}, out_dir / "curve.png", title=f"{cfg.env}: {cfg.label}")
+    if isinstance(result.policy, TinyCausalLM):
+        save_policy(result.policy, str(out_dir / "policy.pt"))
+
+
+def clone_policy(policy):
+    """An independent copy (each arm of a comparison trains its own)."""
+    return copy.deepcopy(policy)

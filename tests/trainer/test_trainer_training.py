@@ -1,0 +1,53 @@
+"""End to end: a short seeded run learns, and the CLI commands run and write their outputs."""
+import json
+
+import pytest
+
+from actfocus_trainer.cli import main
+from actfocus_trainer.train import TrainConfig, train
+
+
+def test_short_grpo_run_beats_the_untrained_policy():
+    cfg = TrainConfig(env_kwargs={"random_start": True}, steps=20, seed=0)
+    result = train(cfg, progress=False)
+    assert len(result.records) == 20
+    # 128 fixed evaluation states: a rise of 0.15 is several standard errors
+    assert result.final_success >= result.initial_success + 0.15, (result.initial_success, result.final_success)
+    late = sum(r["success"] for r in result.records[-5:]) / 5
+    early = sum(r["success"] for r in result.records[:5]) / 5
+    assert late > early
+
+
+TINY = ["--steps", "2", "--prompts", "2", "--group-size", "2", "--warmstart-steps", "2",
+        "--eval-episodes", "4", "--no-progress"]
+
+
+def test_cli_train_compare_diagnose(tmp_path, capsys):
+    main(["train", "--algo", "ppo", "--actfocus", "--out", str(tmp_path / "train"), *TINY])
+    records = [json.loads(line) for line in (tmp_path / "train" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert {"success", "return", "clip_frac", "entropy", "energy_action", "energy_reasoning"} <= set(records[0])
+    assert (tmp_path / "train" / "curve.png").stat().st_size > 0
+
+    main(["compare", "--env", "sokoban", "--seeds", "1", "--out", str(tmp_path / "compare"), *TINY])
+    out = capsys.readouterr().out
+    for label in ("| GRPO |", "| GRPO+ActFocus |", "| PPO |", "| PPO+ActFocus |"):
+        assert label in out
+    assert f"plot: {tmp_path / 'compare' / 'compare.png'}" in out
+    summary = json.loads((tmp_path / "compare" / "compare.json").read_text())
+    assert summary["seeds"] == [0] and len(summary["results"]["GRPO+ActFocus"]) == 1
+
+    main(["diagnose", "--checkpoint", str(tmp_path / "train" / "policy.pt"), "--prompts", "3",
+          "--out", str(tmp_path / "diagnose.json"), *TINY])
+    report = json.loads((tmp_path / "diagnose.json").read_text())
+    assert set(report["vanilla"]) == set(report["actfocus"]) == {"action", "reasoning"}
+
+
+def test_model_flag_without_transformers_is_a_clear_error(tmp_path):
+    try:
+        import transformers  # noqa: F401
+        pytest.skip("transformers is installed")
+    except ImportError:
+        pass
+    with pytest.raises(SystemExit, match="transformers"):
+        main(["train", "--model", str(tmp_path), *TINY])
