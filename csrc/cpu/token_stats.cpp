@@ -1,0 +1,53 @@
+// actfocus_native::token_stats on CPU: OpenMP over rows, each row read by the vectorised row kernels.
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "core/checks.h"
+#include "cpu/token_row.h"
+#include "ops.h"
+
+namespace actfocus {
+
+TokenStatsResult token_stats_cpu(const at::Tensor& logits, const at::Tensor& targets_in,
+                                 double temperature, int64_t ignore_index) {
+  checks::check_token_stats(logits, targets_in, temperature);
+  const int64_t n = logits.size(0);
+  const int64_t vocab = logits.size(1);
+  const at::Tensor targets = targets_in.contiguous();
+  checks::check_targets_in_range(targets, vocab, ignore_index);
+
+  const auto options = logits.options().dtype(at::kFloat);
+  at::Tensor logp = at::empty({n}, options);
+  at::Tensor energy = at::empty({n}, options);
+  at::Tensor entropy = at::empty({n}, options);
+  if (n == 0) return {logp, energy, entropy};
+
+  const cpu::RowKernels& kernels = cpu::row_kernels(checks::row_dtype(logits));
+  const char* rows = static_cast<const char*>(logits.const_data_ptr());
+  const int64_t row_bytes = logits.stride(0) * logits.element_size();
+  const int64_t* target_values = targets.const_data_ptr<int64_t>();
+  float* logp_out = logp.data_ptr<float>();
+  float* energy_out = energy.data_ptr<float>();
+  float* entropy_out = entropy.data_ptr<float>();
+  const float temperature_f = static_cast<float>(temperature);
+  const float inv_temperature = static_cast<float>(1.0 / temperature);
+
+  at::parallel_for(0, n, cpu::rows_per_task(vocab), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const cpu::TokenRow stats =
+          cpu::token_row(kernels, rows + row * row_bytes, vocab, target_values[row], ignore_index,
+                         temperature_f, inv_temperature);
+      logp_out[row] = stats.logp;
+      energy_out[row] = stats.energy;
+      entropy_out[row] = stats.entropy;
+    }
+  });
+  return {logp, energy, entropy};
+}
+
+}  // namespace actfocus
+
+TORCH_LIBRARY_IMPL(actfocus_native, CPU, m) {
+  m.impl("token_stats", &actfocus::token_stats_cpu);
+}

@@ -1,0 +1,98 @@
+// Every actfocus_native schema, and the _C Python module's build description.
+//
+// The ops take rows: logits [N, V] (float32/float16/bfloat16, unit stride along V, any row stride),
+// per-token [N] tensors (targets int64, the rest float32) and return float32 per-token results.
+// Implementations: cpu/<op>.cpp (CPU key), cuda/<op>.cpp (CUDA key); fakes: actfocus_kernels/native.py.
+#include <torch/library.h>
+
+#include "ops.h"
+#include "cpu/kernels/row_kernels.h"
+
+#if defined(ACTFOCUS_WITH_CUDA)
+#include <cuda_runtime_api.h>
+#endif
+
+#define ACTFOCUS_STRINGIFY_(...) #__VA_ARGS__
+#define ACTFOCUS_STRINGIFY(...) ACTFOCUS_STRINGIFY_(__VA_ARGS__)
+
+TORCH_LIBRARY(actfocus_native, m) {
+  // Per row, with s = z / T: logp = s[y] - logsumexp(s) (0 where y == ignore_index),
+  // energy = -T logsumexp(s), entropy of softmax(s) (SPEC section 2); one read of each row.
+  m.def(
+      "token_stats(Tensor logits, Tensor targets, float temperature, int ignore_index)"
+      " -> (Tensor logp, Tensor energy, Tensor entropy)",
+      {at::Tag::pt2_compliant_tag});
+  // Fused clipped-surrogate loss per row (SPEC section 4): token_loss = scale * (w L_pg +
+  // kl_coef KL(kl_type: 1/2/3) - entropy_coef H), 0 where scale == 0; dual_clip <= 1 is off;
+  // old_logp None is on-policy. When dlogits is given it receives d sum(token_loss) / d logits,
+  // written in the logits' dtype; it may be logits itself (in-place gradient).
+  m.def(
+      "policy_loss(Tensor logits, Tensor targets, Tensor? old_logp, Tensor advantages,"
+      " Tensor? ref_logp, Tensor weights, Tensor scale, float temperature, float clip_low,"
+      " float clip_high, float dual_clip, float kl_coef, int kl_type, float entropy_coef,"
+      " int ignore_index, Tensor(a!)? dlogits)"
+      " -> (Tensor token_loss, Tensor logp, Tensor energy, Tensor entropy, Tensor ratio,"
+      " Tensor clipped)",
+      {at::Tag::pt2_compliant_tag});
+}
+
+namespace actfocus {
+
+std::vector<std::string> built_backends() {
+#if defined(ACTFOCUS_WITH_CUDA)
+  return {"cpu", "cuda"};
+#else
+  return {"cpu"};
+#endif
+}
+
+std::vector<std::string> built_cuda_archs() {
+  std::vector<std::string> archs;
+#if defined(ACTFOCUS_WITH_CUDA) && defined(ACTFOCUS_CUDA_ARCHS)
+  const std::string joined = ACTFOCUS_STRINGIFY(ACTFOCUS_CUDA_ARCHS);  // "sm_80,sm_90a"
+  size_t start = 0;
+  while (start <= joined.size()) {
+    const size_t comma = std::min(joined.find(',', start), joined.size());
+    if (comma > start) archs.push_back(joined.substr(start, comma - start));
+    start = comma + 1;
+  }
+#endif
+  return archs;
+}
+
+std::string built_cuda_version() {
+#if defined(ACTFOCUS_WITH_CUDA)
+  return std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10);
+#else
+  return "";
+#endif
+}
+
+std::string cpu_kernels_capability() { return cpu::row_kernels_capability(); }
+
+}  // namespace actfocus
+
+// Built by setup.py (torch.utils.cpp_extension defines TORCH_EXTENSION_NAME); the CMake op library
+// has no Python module.
+#if defined(TORCH_EXTENSION_NAME)
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.doc() = "actfocus_kernels native extension: registers the actfocus_native ops";
+  module.def(
+      "build_info",
+      [] {
+        pybind11::dict info;
+        info["backends"] = actfocus::built_backends();
+        const std::string cuda_version = actfocus::built_cuda_version();
+        info["cuda_version"] =
+            cuda_version.empty() ? pybind11::object(pybind11::none()) : pybind11::str(cuda_version);
+        info["archs"] = actfocus::built_cuda_archs();
+        info["cpu_capability"] = actfocus::cpu_kernels_capability();
+        return info;
+      },
+      "dict: backends (['cpu'] or ['cpu', 'cuda']), cuda_version (str or None), archs "
+      "(['sm_80', 'sm_90a'], ...), cpu_capability ('avx2' or 'default', chosen at run time)");
+}
+#endif
