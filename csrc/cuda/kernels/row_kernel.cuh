@@ -1,0 +1,189 @@
+// The generic row kernel (sm_80+): one block per row. Pass 1 reads the row once for its online
+// softmax state; one thread finishes the token's statistics (and loss); pass 2 (policy loss with
+// dlogits) re-reads the row and writes its gradient. 16-byte vector loads and stores, with scalar
+// head / tail elements where a row does not start on a 16-byte boundary.
+#pragma once
+
+#include "core/token_loss.h"
+#include "cuda/kernels/launch.h"
+#include "cuda/kernels/row_common.cuh"
+
+namespace actfocus::cuda {
+
+constexpr int kGenericMaxThreads = 1024;
+constexpr int kGenericUnroll = 4;       // vectors in flight per thread
+constexpr int kVectorsPerThread = 16;   // block size target
+
+template <typename T, bool kLoss>
+__global__ void __launch_bounds__(kGenericMaxThreads) generic_rows_kernel(const RowParams params) {
+  using IO = VecIO<T>;
+  constexpr int kVec = IO::kSize;
+  __shared__ RowState scratch[kMaxWarps + 1];
+  __shared__ float shared_coef;
+  __shared__ float shared_grad_scale;
+  __shared__ bool shared_active;
+
+  // shapes and layout of this row
+  const int64_t row = blockIdx.x;
+  const int64_t vocab = params.vocab;
+  const float k = kLog2e / params.temperature;
+  const T* logits = static_cast<const T*>(params.logits) + row * params.logits_row_stride;
+  const int head = row_head(logits, vocab);
+  const int64_t vectors = (vocab - head) / kVec;
+  const int64_t tail_start = head + vectors * kVec;
+  const uint4* body = reinterpret_cast<const uint4*>(logits + head);
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * kGenericUnroll;
+
+  // the target's logit, read before any gradient is written (dlogits may be logits)
+  const int64_t target = params.targets[row];
+  const bool has_target = target != params.ignore_index;
+  const bool target_in_range = target >= 0 && target < vocab;
+  float target_logit = 0.0f;
+  if (threadIdx.x == 0 && has_target) {
+    // an out-of-range target (the API rejects them) gives NaN, never an out-of-bounds read
+    target_logit = target_in_range ? IO::load(logits + target) : __int_as_float(0x7fc00000);
+  }
+
+  // pass 1: online softmax state
+  RowState state = empty_state();
+  if (threadIdx.x < head) {
+    const float z[1] = {IO::load(logits + threadIdx.x)};
+    accumulate(state, z, k);
+  }
+  if (tail_start + threadIdx.x < vocab) {
+    const float z[1] = {IO::load(logits + tail_start + threadIdx.x)};
+    accumulate(state, z, k);
+  }
+  for (int64_t base = threadIdx.x; base < vectors; base += stride) {
+    uint4 loaded[kGenericUnroll];
+#pragma unroll
+    for (int u = 0; u < kGenericUnroll; ++u) {
+      const int64_t j = base + static_cast<int64_t>(u) * blockDim.x;
+      loaded[u] = j < vectors ? body[j] : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int u = 0; u < kGenericUnroll; ++u) {
+      if (base + static_cast<int64_t>(u) * blockDim.x < vectors) {
+        float z[kVec];
+        IO::to_float(loaded[u], z);
+        accumulate(state, z, k);
+      }
+    }
+  }
+  state = block_reduce(state, k, scratch);
+
+  // the token: statistics (and loss) by thread 0
+  const float log_sum = logf(state.sum);
+  if (threadIdx.x == 0) {
+    const float mean_shift = kLn2 * (state.wsum / state.sum);
+    const float logp = has_target ? (target_logit - state.max) / params.temperature - log_sum : 0.0f;
+    const float entropy = log_sum - mean_shift;
+    params.logp[row] = logp;
+    params.energy[row] = -(state.max + params.temperature * log_sum);
+    params.entropy[row] = entropy;
+    if constexpr (kLoss) {
+      TokenInputs inputs;
+      inputs.has_target = has_target;
+      inputs.scale = params.scale[row];
+      inputs.old_logp = params.old_logp != nullptr ? params.old_logp[row] : 0.0f;
+      inputs.advantage = params.advantages[row];
+      inputs.ref_logp = params.ref_logp != nullptr ? params.ref_logp[row] : 0.0f;
+      inputs.weight = params.weights[row];
+      const TokenLoss loss = token_loss(logp, entropy, inputs, params.loss);
+      params.token_loss[row] = loss.loss;
+      params.ratio[row] = loss.ratio;
+      params.clipped[row] = loss.clipped;
+      shared_coef = loss.coef;
+      shared_grad_scale = inputs.scale / params.temperature;
+      shared_active = has_target && inputs.scale != 0.0f;
+    }
+  }
+  if constexpr (kLoss) {
+    if (params.dlogits == nullptr) return;
+    __syncthreads();
+
+    // pass 2: the gradient (exactly 0 on inactive rows)
+    T* grad = static_cast<T*>(params.dlogits) + row * params.dlogits_row_stride;
+    const bool vector_stores = row_head(grad, vocab) == head;
+    uint4* grad_body = reinterpret_cast<uint4*>(grad + head);
+    RowGrad g;
+    g.row_max = state.max;
+    g.k = k;
+    g.log2_sum = log2f(state.sum);
+    g.mean_shift2 = state.wsum / state.sum;
+    g.grad_scale = shared_active ? shared_grad_scale : 0.0f;
+    g.entropy_ln2 = shared_active ? params.loss.entropy_coef * kLn2 : 0.0f;
+    g.coef = shared_active ? shared_coef : 0.0f;
+    g.target = has_target && target_in_range ? target : -1;
+    const bool active = shared_active;
+
+    if (threadIdx.x < head) {
+      const int64_t i = threadIdx.x;
+      IO::store(grad + i, active ? element_grad(IO::load(logits + i), i, g) : 0.0f);
+    }
+    if (tail_start + threadIdx.x < vocab) {
+      const int64_t i = tail_start + threadIdx.x;
+      IO::store(grad + i, active ? element_grad(IO::load(logits + i), i, g) : 0.0f);
+    }
+    for (int64_t base = threadIdx.x; base < vectors; base += stride) {
+      uint4 loaded[kGenericUnroll];
+#pragma unroll
+      for (int u = 0; u < kGenericUnroll; ++u) {
+        const int64_t j = base + static_cast<int64_t>(u) * blockDim.x;
+        loaded[u] = (active && j < vectors) ? body[j] : make_uint4(0u, 0u, 0u, 0u);
+      }
+#pragma unroll
+      for (int u = 0; u < kGenericUnroll; ++u) {
+        const int64_t j = base + static_cast<int64_t>(u) * blockDim.x;
+        if (j >= vectors) continue;
+        float values[kVec];
+        if (active) {
+          float z[kVec];
+          IO::to_float(loaded[u], z);
+#pragma unroll
+          for (int l = 0; l < kVec; ++l) values[l] = element_grad(z[l], head + j * kVec + l, g);
+        } else {
+#pragma unroll
+          for (int l = 0; l < kVec; ++l) values[l] = 0.0f;
+        }
+        if (vector_stores) {
+          grad_body[j] = IO::from_float(values);
+        } else {
+#pragma unroll
+          for (int l = 0; l < kVec; ++l) IO::store(grad + head + j * kVec + l, values[l]);
+        }
+      }
+    }
+  }
+}
+
+// Block size: about kVectorsPerThread vectors per thread, a power of two in [32, 1024].
+inline int generic_block_threads(const RowParams& params) {
+  const int64_t vectors = params.vocab / (params.dtype == RowDtype::kFloat32 ? 4 : 8);
+  int threads = kWarpSize;
+  while (threads < kGenericMaxThreads && static_cast<int64_t>(threads) * kVectorsPerThread < vectors) {
+    threads *= 2;
+  }
+  return threads;
+}
+
+template <bool kLoss>
+cudaError_t launch_generic_rows(const RowParams& params, cudaStream_t stream) {
+  if (params.rows == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(params.rows));
+  const dim3 block(generic_block_threads(params));
+  switch (params.dtype) {
+    case RowDtype::kFloat32:
+      generic_rows_kernel<float, kLoss><<<grid, block, 0, stream>>>(params);
+      break;
+    case RowDtype::kFloat16:
+      generic_rows_kernel<__half, kLoss><<<grid, block, 0, stream>>>(params);
+      break;
+    case RowDtype::kBFloat16:
+      generic_rows_kernel<__nv_bfloat16, kLoss><<<grid, block, 0, stream>>>(params);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace actfocus::cuda
