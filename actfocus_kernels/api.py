@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -77,30 +77,36 @@ def _check_targets(targets: Tensor, vocab: int, ignore_index: int) -> None:
 
 @dataclass
 class _Rows:
-    """Logits as rows ``[N, V]`` plus the sequence structure of the tokens."""
+    """The input (logits ``[.., V]``, or hidden states ``[.., H]`` on the linear path) as rows
+    ``[N, D]`` plus the sequence structure of the tokens."""
 
-    logits: Tensor  # [N, V], unit stride in V
+    flat: Tensor  # [N, D], unit stride in D
     token_shape: tuple  # shape of targets and per-token outputs
     seq_ids: Tensor  # [N] int64
     num_seqs: int
     padded_len: int
 
 
-def _rows(logits: Tensor, targets: Tensor, cu_seqlens: Optional[Tensor], backend: str, need_view: bool = False) -> _Rows:
-    _check(isinstance(logits, Tensor), f"logits must be a torch.Tensor, got {type(logits).__name__}", TypeError)
+def _rows(values: Tensor, targets: Tensor, cu_seqlens: Optional[Tensor], backend: str, need_view: bool = False,
+          name: str = "logits") -> _Rows:
+    """Flatten ``values [B, L, D]`` (a sequence per row) or packed ``[N, D]`` (one sequence, or the
+    sequences ``cu_seqlens [S + 1]`` delimits); ``name`` is "logits" (D = V) or "hidden" (D = H)."""
+    dim, dim_name = ("V", "vocabulary") if name == "logits" else ("H", "feature")
+    _check(isinstance(values, Tensor), f"{name} must be a torch.Tensor, got {type(values).__name__}", TypeError)
     _check(isinstance(targets, Tensor), f"targets must be a torch.Tensor, got {type(targets).__name__}", TypeError)
-    _check(logits.dim() in (2, 3), f"logits must be [B, L, V] or packed [N, V], got shape {tuple(logits.shape)}")
+    _check(values.dim() in (2, 3),
+           f"{name} must be [B, L, {dim}] or packed [N, {dim}], got shape {tuple(values.shape)}")
     allowed = KERNEL_DTYPES + ((torch.float64,) if backend == "reference" else ())
-    _check(logits.dtype in allowed, f"logits dtype {logits.dtype} is not supported by backend {backend!r} "
+    _check(values.dtype in allowed, f"{name} dtype {values.dtype} is not supported by backend {backend!r} "
            f"(use one of {allowed})", TypeError)
-    vocab = logits.shape[-1]
-    _check(vocab > 0, "logits have an empty vocabulary dimension")
-    _check(targets.device == logits.device, f"targets are on {targets.device}, logits on {logits.device}")
-    _check(tuple(targets.shape) == tuple(logits.shape[:-1]),
-           f"targets must have shape {tuple(logits.shape[:-1])}, got {tuple(targets.shape)}")
-    device = logits.device
-    if logits.dim() == 3:
-        _check(cu_seqlens is None, "cu_seqlens is for packed [N, V] logits, got [B, L, V]")
+    width = values.shape[-1]
+    _check(width > 0, f"{name}: empty {dim_name} dimension, shape {tuple(values.shape)}")
+    _check(targets.device == values.device, f"targets are on {targets.device}, {name} on {values.device}")
+    _check(tuple(targets.shape) == tuple(values.shape[:-1]),
+           f"targets must have shape {tuple(values.shape[:-1])}, got {tuple(targets.shape)}")
+    device = values.device
+    if values.dim() == 3:
+        _check(cu_seqlens is None, f"cu_seqlens is for packed [N, {dim}] {name}, got [B, L, {dim}]")
         batch, length = targets.shape
         seq_ids = torch.arange(batch, device=device).repeat_interleave(length)
         num_seqs, padded_len = batch, length
@@ -117,14 +123,14 @@ def _rows(logits: Tensor, targets: Tensor, cu_seqlens: Optional[Tensor], backend
         num_seqs = cu_seqlens.numel() - 1
         seq_ids = torch.arange(num_seqs, device=device).repeat_interleave(lengths, output_size=targets.shape[0])
         padded_len = int(lengths.max()) if num_seqs > 0 and targets.shape[0] > 0 else 1
-    if logits.stride(-1) != 1:
+    if values.stride(-1) != 1:
         _check(not need_view, "inplace_grad=True needs logits with unit stride in the vocabulary dimension")
-        logits = logits.contiguous()
+        values = values.contiguous()
     try:
-        flat = logits.view(-1, vocab)
+        flat = values.view(-1, width)
     except RuntimeError:
         _check(not need_view, "inplace_grad=True needs logits whose rows can be viewed as [N, V] without a copy")
-        flat = logits.reshape(-1, vocab)
+        flat = values.reshape(-1, width)
     return _Rows(flat, tuple(targets.shape), seq_ids, num_seqs, padded_len)
 
 
@@ -199,7 +205,7 @@ def token_stats(
     rows = _rows(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), None, backend)
     _check_targets(targets, logits.shape[-1], ignore_index)
     flat_targets = targets.reshape(-1).to(torch.int64).contiguous()
-    stats = torch.ops.actfocus.token_stats(rows.logits.detach(), flat_targets, float(temperature), int(ignore_index), backend)
+    stats = torch.ops.actfocus.token_stats(rows.flat.detach(), flat_targets, float(temperature), int(ignore_index), backend)
     return TokenStats(*(x.view(batch_shape) for x in stats))
 
 
@@ -248,6 +254,98 @@ def actfocus_weights(
     return _weights_on_rows(uncertainty, mask, action, rows, turns, cfg).view(shape)
 
 
+@dataclass
+class _LossInputs:
+    """A policy loss's per-token inputs on rows, validated: ``row_args`` are the arguments of the
+    row-kernel contract after the logits (``targets ... ignore_index``, see ``ops``); ``mask`` is the
+    loss mask with ignored targets removed; ``weights`` the token weights before masking."""
+
+    row_args: tuple
+    mask: Tensor
+    action: Tensor
+    old_logp: Optional[Tensor]
+    weights: Tensor
+
+
+CurrentStats = Callable[[Tensor, Tensor], TokenStats]
+
+
+def _check_loss_configs(cfg: PolicyLossConfig, actfocus: Optional[ActFocusConfig]) -> None:
+    _check(isinstance(cfg, PolicyLossConfig), f"cfg must be a PolicyLossConfig, got {type(cfg).__name__}", TypeError)
+    _check(actfocus is None or isinstance(actfocus, ActFocusConfig),
+           f"actfocus must be an ActFocusConfig or None, got {type(actfocus).__name__}", TypeError)
+
+
+def _loss_inputs(
+    rows: _Rows, targets: Tensor, vocab: int, old_logp: Optional[Tensor], advantages: Tensor, loss_mask: Tensor,
+    weights: Optional[Tensor], action_mask: Optional[Tensor], ref_logp: Optional[Tensor],
+    turn_ids: Optional[Tensor], cfg: PolicyLossConfig, actfocus: Optional[ActFocusConfig],
+    current_stats: CurrentStats,
+) -> _LossInputs:
+    """Validate and flatten the per-token inputs of ``policy_loss`` / ``linear_policy_loss``.
+
+    ``current_stats(flat_targets, selected)`` returns the current policy's ``TokenStats`` on the
+    rows (needed on the ``selected`` ones, the masked action tokens, at least) for
+    ``ActFocusConfig(source="current")``.
+    """
+    device = rows.flat.device
+    _check_targets(targets, vocab, cfg.ignore_index)
+    flat_targets = targets.reshape(-1).to(torch.int64).contiguous()
+    mask = _per_token("loss_mask", loss_mask, rows, device).bool() & (flat_targets != cfg.ignore_index)
+    action = _per_token("action_mask", action_mask, rows, device)
+    action = action.bool() if action is not None else torch.zeros_like(mask)
+    turns = _per_token("turn_ids", turn_ids, rows, device)
+    old = _float_per_token("old_logp", old_logp, rows, device)
+    ref = _float_per_token("ref_logp", ref_logp, rows, device)
+    _check(cfg.kl_coef == 0 or ref is not None, "cfg.kl_coef > 0 needs ref_logp")
+    flat_advantages = _advantages(advantages, rows, device)
+
+    flat_weights = _float_per_token("weights", weights, rows, device)
+    if actfocus is not None:
+        _check(action_mask is not None, "actfocus weighting needs action_mask")
+        if actfocus.source == "current":
+            _check(weights is None, "pass either weights or actfocus=ActFocusConfig(source='current'), not both")
+            stats = current_stats(flat_targets, mask & action)
+            flat_weights = _weights_on_rows(_uncertainty(stats, actfocus.uncertainty), mask, action, rows, turns, actfocus)
+        elif flat_weights is None:
+            _check(actfocus.uncertainty == "nll" and old is not None,
+                   "ActFocusConfig(source='old') needs weights=actfocus_weights(token_stats(old_logits, targets), "
+                   "loss_mask, action_mask, cfg) (only uncertainty='nll' can use old_logp directly)")
+            flat_weights = _weights_on_rows(-old, mask, action, rows, turns, actfocus)
+    if flat_weights is None:
+        flat_weights = torch.ones(mask.shape, dtype=torch.float32, device=device)
+
+    scale = _loss_scale(mask, rows, cfg)
+    row_args = (
+        flat_targets, old, flat_advantages, ref if cfg.kl_coef > 0 else None, flat_weights, scale,
+        float(cfg.temperature), float(cfg.clip_low), float(cfg.clip_high), float(cfg.dual_clip or 0.0),
+        float(cfg.kl_coef), ops.KL_TYPE_IDS[cfg.kl_type], float(cfg.entropy_coef), int(cfg.ignore_index),
+    )
+    return _LossInputs(row_args, mask, action, old, flat_weights)
+
+
+def _loss_output(loss: Tensor, logp: Tensor, energy: Tensor, entropy: Tensor, ratio: Tensor, clipped: Tensor,
+                 rows: _Rows, inputs: _LossInputs) -> PolicyLossOutput:
+    """Per-token row outputs shaped like the targets, plus the masked scalar metrics (SPEC 4)."""
+    mask, action = inputs.mask, inputs.action
+    old_for_kl = inputs.old_logp if inputs.old_logp is not None else logp
+    shape = rows.token_shape
+    return PolicyLossOutput(
+        loss=loss,
+        logp=logp.view(shape),
+        energy=energy.view(shape),
+        entropy=entropy.view(shape),
+        ratio=ratio.view(shape),
+        clipped=clipped.view(shape),
+        weights=torch.where(mask, inputs.weights, 0.0).view(shape),
+        clip_frac=_masked_mean(clipped.to(torch.float32), mask),
+        approx_kl=_masked_mean(old_for_kl - logp, mask),
+        entropy_mean=_masked_mean(entropy, mask),
+        energy_mean_action=_masked_mean(energy, mask & action),
+        energy_mean_reasoning=_masked_mean(energy, mask & ~action),
+    )
+
+
 def policy_loss(
     logits: Tensor,
     targets: Tensor,
@@ -277,66 +375,20 @@ def policy_loss(
     ``actfocus_weights(token_stats(old_logits, ...), ...)``, except ``uncertainty="nll"`` which
     uses ``-old_logp``), else 1. With ``inplace_grad=True`` the gradient overwrites the logits.
     """
-    _check(isinstance(cfg, PolicyLossConfig), f"cfg must be a PolicyLossConfig, got {type(cfg).__name__}", TypeError)
-    _check(actfocus is None or isinstance(actfocus, ActFocusConfig),
-           f"actfocus must be an ActFocusConfig or None, got {type(actfocus).__name__}", TypeError)
+    _check_loss_configs(cfg, actfocus)
     _check(isinstance(logits, Tensor), f"logits must be a torch.Tensor, got {type(logits).__name__}", TypeError)
     backend = resolve_backend(backend, logits.device)
-    device = logits.device
     rows = _rows(logits, targets, cu_seqlens, backend, need_view=inplace_grad)
-    _check_targets(targets, logits.shape[-1], cfg.ignore_index)
-    flat_targets = targets.reshape(-1).to(torch.int64).contiguous()
-    mask = _per_token("loss_mask", loss_mask, rows, device).bool() & (flat_targets != cfg.ignore_index)
-    action = _per_token("action_mask", action_mask, rows, device)
-    action = action.bool() if action is not None else torch.zeros_like(mask)
-    turns = _per_token("turn_ids", turn_ids, rows, device)
-    old = _float_per_token("old_logp", old_logp, rows, device)
-    ref = _float_per_token("ref_logp", ref_logp, rows, device)
-    _check(cfg.kl_coef == 0 or ref is not None, "cfg.kl_coef > 0 needs ref_logp")
-    flat_advantages = _advantages(advantages, rows, device)
 
-    flat_weights = _float_per_token("weights", weights, rows, device)
-    if actfocus is not None:
-        _check(action_mask is not None, "actfocus weighting needs action_mask")
-        if actfocus.source == "current":
-            _check(weights is None, "pass either weights or actfocus=ActFocusConfig(source='current'), not both")
-            stats = TokenStats(*torch.ops.actfocus.token_stats(
-                rows.logits.detach(), flat_targets, float(cfg.temperature), int(cfg.ignore_index), backend))
-            flat_weights = _weights_on_rows(_uncertainty(stats, actfocus.uncertainty), mask, action, rows, turns, actfocus)
-        elif flat_weights is None:
-            _check(actfocus.uncertainty == "nll" and old is not None,
-                   "ActFocusConfig(source='old') needs weights=actfocus_weights(token_stats(old_logits, targets), "
-                   "loss_mask, action_mask, cfg) (only uncertainty='nll' can use old_logp directly)")
-            flat_weights = _weights_on_rows(-old, mask, action, rows, turns, actfocus)
-    if flat_weights is None:
-        flat_weights = torch.ones(mask.shape, dtype=torch.float32, device=device)
+    def current_stats(flat_targets: Tensor, selected: Tensor) -> TokenStats:
+        return TokenStats(*torch.ops.actfocus.token_stats(
+            rows.flat.detach(), flat_targets, float(cfg.temperature), int(cfg.ignore_index), backend))
 
-    scale = _loss_scale(mask, rows, cfg)
-    row_args = (
-        flat_targets, old, flat_advantages, ref if cfg.kl_coef > 0 else None, flat_weights, scale,
-        float(cfg.temperature), float(cfg.clip_low), float(cfg.clip_high), float(cfg.dual_clip or 0.0),
-        float(cfg.kl_coef), ops.KL_TYPE_IDS[cfg.kl_type], float(cfg.entropy_coef), int(cfg.ignore_index),
-    )
+    inputs = _loss_inputs(rows, targets, logits.shape[-1], old_logp, advantages, loss_mask, weights, action_mask,
+                          ref_logp, turn_ids, cfg, actfocus, current_stats)
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
     if inplace_grad and compute_grad:
-        loss, logp, energy, entropy, ratio, clipped = ops.InplaceGradPolicyLoss.apply(rows.logits, *row_args, backend)
+        outputs = ops.InplaceGradPolicyLoss.apply(rows.flat, *inputs.row_args, backend)
     else:
-        loss, logp, energy, entropy, ratio, clipped, _ = torch.ops.actfocus.policy_loss(
-            rows.logits, *row_args, compute_grad, backend)
-
-    old_for_kl = old if old is not None else logp
-    shape = rows.token_shape
-    return PolicyLossOutput(
-        loss=loss,
-        logp=logp.view(shape),
-        energy=energy.view(shape),
-        entropy=entropy.view(shape),
-        ratio=ratio.view(shape),
-        clipped=clipped.view(shape),
-        weights=torch.where(mask, flat_weights, 0.0).view(shape),
-        clip_frac=_masked_mean(clipped.to(torch.float32), mask),
-        approx_kl=_masked_mean(old_for_kl - logp, mask),
-        entropy_mean=_masked_mean(entropy, mask),
-        energy_mean_action=_masked_mean(energy, mask & action),
-        energy_mean_reasoning=_masked_mean(energy, mask & ~action),
-    )
+        outputs = torch.ops.actfocus.policy_loss(rows.flat, *inputs.row_args, compute_grad, backend)[:6]
+    return _loss_output(*outputs, rows, inputs)
