@@ -68,7 +68,7 @@ _POLICY_ARGS = (
 
 def _run_policy_loss(logits: Tensor, args: tuple, backend: str, dlogits: Optional[Tensor]) -> tuple[Tensor, ...]:
     token_loss, logp, energy, entropy, ratio, clipped = kernels(backend).policy_loss(logits, *args, dlogits)
-    return (token_loss.sum().to(torch.float32), logp.float(), energy.float(), entropy.float(), ratio.float(), clipped)
+    return (token_loss.sum(dtype=torch.float64).to(torch.float32), logp.float(), energy.float(), entropy.float(), ratio.float(), clipped)
 
 
 torch.library.define(

@@ -1,5 +1,6 @@
 """policy_loss against the float64 judge (SPEC sections 4 and 6), every backend on this machine."""
 import math
+import zlib
 
 import pytest
 import torch
@@ -58,7 +59,7 @@ def check_against_judge(batch, backend, cfg, weights=None, old_logp="given"):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_configs_match_judge(backend, device, name):
-    batch = make_batch(3, 6, 1000, device=device, seed=hash(name) % 1000)
+    batch = make_batch(3, 6, 1000, device=device, seed=zlib.crc32(name.encode()) % 1000)
     out, _ = check_against_judge(batch, backend, CONFIGS[name])
     mask = batch["loss_mask"].bool()
     # the inputs must put ratios on both sides of the clip range to test both branches

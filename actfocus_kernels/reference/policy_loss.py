@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from .token_stats import compute_dtype, token_stats
+from .token_stats import compute_dtype, row_statistics
 
 RATIO_LOG_CLAMP = 20.0
 
@@ -83,25 +83,28 @@ def policy_loss(
     and whose ratio is reported as 1 (not clipped).
     When ``dlogits`` is given it receives ``d sum(token_loss) / d logits`` (zero on inactive rows).
     """
-    dtype = compute_dtype(logits)
+    # per-token scalars in float64 (see row_statistics); outputs in the compute dtype
     active = (scale != 0) & (targets != ignore_index)
 
     def on_active(values: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        return None if values is None else torch.where(active, values.to(dtype), 0.0)
+        return None if values is None else torch.where(active, values.double(), 0.0)
 
-    logp, energy, entropy = token_stats(logits, targets, temperature, ignore_index)
+    logp, energy, entropy = row_statistics(logits, targets, temperature, ignore_index)
+    dtype = energy.dtype
     pg_loss, d_pg, ratio, clipped = surrogate(
         logp, on_active(old_logp), on_active(advantages), clip_low, clip_high, dual_clip
     )
     weight = on_active(weights)
-    loss, coeff = weight * pg_loss - entropy_coef * entropy, weight * d_pg
+    loss, coeff = weight * pg_loss - entropy_coef * entropy.double(), weight * d_pg
     if kl_coef > 0 and ref_logp is not None:
         kl, d_kl = kl_penalty(logp, on_active(ref_logp), kl_type)
         loss, coeff = loss + kl_coef * kl, coeff + kl_coef * d_kl
     token_loss = torch.where(active, on_active(scale) * loss, 0.0)
     if dlogits is not None:
-        dlogits.copy_(_row_gradient(logits, targets, temperature, entropy_coef, on_active(scale), coeff, active))
-    return token_loss, logp, energy, entropy, torch.where(active, ratio, 1.0), clipped & active
+        dlogits.copy_(_row_gradient(logits, targets, temperature, entropy_coef, on_active(scale).to(dtype),
+                                    coeff.to(dtype), active))
+    per_token = (token_loss, logp, energy, entropy, torch.where(active, ratio, 1.0))
+    return tuple(x.to(dtype) for x in per_token) + (clipped & active,)
 
 
 def _row_gradient(logits, targets, temperature, entropy_coef, scale, coeff, active) -> torch.Tensor:

@@ -9,24 +9,40 @@ def compute_dtype(logits: torch.Tensor) -> torch.dtype:
     return torch.promote_types(logits.dtype, torch.float32)
 
 
+def row_statistics(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(logp, energy, entropy)`` of rows ``logits [N, V]``, with ``logp`` in float64.
+
+    The vocabulary-wide sums run in fp32 on the centred logits ``c = (z - max z) / T``
+    (``lse = max z / T + log d``, ``d = sum exp(c)``) so extreme logits do not cancel; the per-row
+    scalars (``log d``, ``c[y]``) are then formed in float64, so ``logp`` carries the error of the
+    sum ``d`` alone and not an fp32 rounding of a number near ``log V``: the ratio
+    ``exp(logp - old_logp)`` of the loss stays accurate where it nearly cancels.
+    ``p c`` is taken as 0 where ``p == 0`` (``-inf`` entries of a padded vocabulary).
+    """
+    z = logits.to(compute_dtype(logits))
+    row_max = z.max(dim=-1, keepdim=True).values
+    centred = (z - row_max) / temperature
+    exp_centred = torch.exp(centred)
+    d = exp_centred.sum(-1)
+    mean_centred = (exp_centred * torch.where(exp_centred > 0, centred, 0.0)).sum(-1) / d
+    log_d = torch.log(d.double())
+    valid = targets != ignore_index
+    target_z = z.gather(-1, torch.where(valid, targets, 0).unsqueeze(-1)).squeeze(-1)
+    target_centred = (target_z.double() - row_max.squeeze(-1).double()) / temperature
+    logp = torch.where(valid, target_centred - log_d, 0.0)
+    energy = -(row_max.squeeze(-1).double() + temperature * log_d)
+    return logp, energy.to(z.dtype), (log_d - mean_centred.double()).to(z.dtype)
+
+
 def token_stats(
     logits: torch.Tensor, targets: torch.Tensor, temperature: float, ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows ``logits [N, V]``, ``targets [N]`` -> ``(logp, energy, entropy)``, each ``[N]``.
 
     With ``s = z / T``: ``lse = logsumexp(s)``, ``logp = s[y] - lse`` (0 where ``y == ignore_index``),
-    ``energy = -T lse``, ``entropy = lse - sum_v p_v s_v``. Computed on the centred logits
-    ``c = (z - max z) / T`` (``lse = max z / T + logsumexp(c)``) so that extreme logits do not
-    cancel; ``p c`` is taken as 0 where ``p == 0`` (``-inf`` entries of a padded vocabulary).
+    ``energy = -T lse``, ``entropy = lse - sum_v p_v s_v`` (see ``row_statistics``).
     """
-    z = logits.to(compute_dtype(logits))
-    row_max = z.max(dim=-1, keepdim=True).values
-    centred = (z - row_max) / temperature
-    lse_centred = torch.logsumexp(centred, dim=-1)
-    probs = torch.softmax(centred, dim=-1)
-    expected_centred = (probs * torch.where(probs > 0, centred, 0.0)).sum(-1)
-    valid = targets != ignore_index
-    target_centred = centred.gather(-1, torch.where(valid, targets, 0).unsqueeze(-1)).squeeze(-1)
-    logp = torch.where(valid, target_centred - lse_centred, 0.0)
-    energy = -(row_max.squeeze(-1) + temperature * lse_centred)
-    return logp, energy, lse_centred - expected_centred
+    logp, energy, entropy = row_statistics(logits, targets, temperature, ignore_index)
+    return logp.to(energy.dtype), energy, entropy

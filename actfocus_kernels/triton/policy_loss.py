@@ -39,17 +39,19 @@ def _policy_loss_kernel(
     entropy = log_d - mean_centred
     target = tl.load(targets_ptr + row)
     is_target = target != ignore_index
-    logp = tl.where(is_target, (target_logit(row_ptr, target, V) - row_max) * inv_temperature - log_d, 0.0)
+    target_centred = (target_logit(row_ptr, target, V).to(tl.float64) - row_max) / temperature
+    logp = tl.where(is_target, target_centred - log_d, 0.0)
 
-    # per-token loss; inputs of inactive rows (scale 0 or ignored target) may hold anything
+    # per-token loss in float64 (a few scalars per row); inputs of inactive rows (scale 0 or
+    # ignored target) may hold anything
     scale = tl.load(scale_ptr + row)
     active = (scale != 0) & is_target
-    advantage = tl.where(active, tl.load(advantages_ptr + row), 0.0)
-    weight = tl.where(active, tl.load(weights_ptr + row), 0.0)
+    advantage = tl.where(active, tl.load(advantages_ptr + row), 0.0).to(tl.float64)
+    weight = tl.where(active, tl.load(weights_ptr + row), 0.0).to(tl.float64)
     if HAS_OLD_LOGP:
         delta = logp - tl.where(active, tl.load(old_logp_ptr + row), 0.0)
     else:
-        delta = tl.zeros((), tl.float32)
+        delta = tl.zeros((), tl.float64)
     ratio = tl.exp(tl.minimum(tl.maximum(delta, -LOG_CLAMP), LOG_CLAMP))
     unclipped = -advantage * ratio
     clipped_loss = -advantage * tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
@@ -76,17 +78,19 @@ def _policy_loss_kernel(
             coeff += kl_coef * (1.0 - tl.exp(-diff))
     if HAS_ENTROPY:
         token_loss -= entropy_coef * entropy
-    tl.store(token_loss_ptr + row, tl.where(active, scale * token_loss, 0.0))
-    tl.store(logp_ptr + row, logp)
-    tl.store(energy_ptr + row, -(row_max + temperature * log_d))
-    tl.store(entropy_ptr + row, entropy)
-    tl.store(ratio_ptr + row, tl.where(active, ratio, 1.0))
+    tl.store(token_loss_ptr + row, tl.where(active, scale * token_loss, 0.0).to(tl.float32))
+    tl.store(logp_ptr + row, logp.to(tl.float32))
+    tl.store(energy_ptr + row, (-(row_max + temperature * log_d)).to(tl.float32))
+    tl.store(entropy_ptr + row, entropy.to(tl.float32))
+    tl.store(ratio_ptr + row, tl.where(active, ratio, 1.0).to(tl.float32))
     tl.store(clipped_ptr + row, (clipped & active).to(tl.int8))
 
     # gradient pass: dz = scale / T * (c (onehot - p) + h p (s - mu))
     if WRITE_GRAD:
-        coeff = tl.where(active, coeff, 0.0)
+        coeff = tl.where(active, coeff, 0.0).to(tl.float32)
         grad_scale = tl.where(active, scale * inv_temperature, 0.0)
+        log_d = log_d.to(tl.float32)
+        mean_centred = mean_centred.to(tl.float32)
         out_ptr = dlogits_ptr + row * stride_dlogits
         for start in range(0, V, BLOCK_V):
             offs = start + tl.arange(0, BLOCK_V)

@@ -5,7 +5,9 @@ The pass keeps the running max ``m`` of the raw logits ``z`` and, with centred s
 ``m'`` they rescale by ``a = exp((m - m') / T)``: ``d' = a d``, ``t' = a (t + d (m - m') / T)``.
 Then, with ``s = z / T``: ``lse = m / T + log d``, ``sum p s - m / T = t / d`` and
 ``entropy = log d - t / d``. Centring the raw logits before scaling keeps ``z - m`` exact for
-extreme logits (±1e4), so logp and entropy do not cancel two large rounded numbers.
+extreme logits (±1e4), so logp and entropy do not cancel two large rounded numbers; ``log d`` is
+returned in float64 so that ``logp`` (and the loss's ratio ``exp(logp - old_logp)``) carries only
+the error of the fp32 sum ``d``, not an fp32 rounding of a number near ``log V``.
 Entries equal to ``-inf`` (padded vocabulary) contribute nothing.
 """
 import triton
@@ -14,7 +16,7 @@ import triton.language as tl
 
 @triton.jit
 def row_softmax_stats(row_ptr, inv_temperature, V: tl.constexpr, BLOCK_V: tl.constexpr):
-    """Returns fp32 ``(m, log d, t / d)`` of one row (see the module docstring)."""
+    """Returns ``(m, log d, t / d)`` of one row, ``log d`` in float64 (see the module docstring)."""
     m = tl.full((), float("-inf"), tl.float32)
     d = tl.zeros((), tl.float32)
     t = tl.zeros((), tl.float32)
@@ -30,7 +32,7 @@ def row_softmax_stats(row_ptr, inv_temperature, V: tl.constexpr, BLOCK_V: tl.con
         t = alpha * (t + d * shift) + tl.sum(e * centred, axis=0)
         d = alpha * d + tl.sum(e, axis=0)
         m = m_new
-    return m, tl.log(d), t / d
+    return m, tl.log(d.to(tl.float64)), t / d
 
 
 @triton.jit

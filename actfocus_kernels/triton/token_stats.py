@@ -23,10 +23,10 @@ def _token_stats_kernel(
     inv_temperature = 1.0 / temperature
     row_max, log_d, mean_centred = row_softmax_stats(row_ptr, inv_temperature, V, BLOCK_V)
     target = tl.load(targets_ptr + row)
-    target_centred = (target_logit(row_ptr, target, V) - row_max) * inv_temperature
-    tl.store(logp_ptr + row, tl.where(target == ignore_index, 0.0, target_centred - log_d))
-    tl.store(energy_ptr + row, -(row_max + temperature * log_d))
-    tl.store(entropy_ptr + row, log_d - mean_centred)
+    target_centred = (target_logit(row_ptr, target, V).to(tl.float64) - row_max) / temperature
+    tl.store(logp_ptr + row, tl.where(target == ignore_index, 0.0, target_centred - log_d).to(tl.float32))
+    tl.store(energy_ptr + row, (-(row_max + temperature * log_d)).to(tl.float32))
+    tl.store(entropy_ptr + row, (log_d - mean_centred).to(tl.float32))
 
 
 def token_stats(logits: torch.Tensor, targets: torch.Tensor, temperature: float, ignore_index: int):
