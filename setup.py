@@ -64,6 +64,10 @@ def _native_extension():
     extension = cpp_extension.CppExtension
     nvcc_flags = []
     tag = f"cpu.{torch_tag}"
+    if with_cuda and torch.version.cuda is None:
+        raise RuntimeError(
+            "ACTFOCUS_FORCE_CUDA=1 needs a CUDA build of torch (this one is CPU-only); the CUDA "
+            "kernels alone compile without it: bash scripts/compile_cuda.sh")
     if with_cuda:
         archs = _arch_list()
         os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(archs)
@@ -78,9 +82,8 @@ def _native_extension():
         sources += _sources("csrc/cuda/*.cpp") + cuda_sources
         nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
         extension = cpp_extension.CUDAExtension
-        cuda_tag = "cu" + (torch.version.cuda or "").replace(".", "")
-        tag = ".".join([cuda_tag if torch.version.cuda else "cu", torch_tag]
-                       + [f"sm{name}" for name in arch_names])
+        cuda_tag = "cu" + torch.version.cuda.replace(".", "")
+        tag = ".".join([cuda_tag, torch_tag] + [f"sm{name}" for name in arch_names])
 
     ext = extension(
         name="actfocus_kernels._C",

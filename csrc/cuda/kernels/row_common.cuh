@@ -125,6 +125,16 @@ __device__ __forceinline__ float centred(float z, float row_max, float k) {
   return fmaxf((z - row_max) * k, -FLT_MAX);
 }
 
+// Re-expresses a non-empty state relative to new_max >= state.max (sum and wsum only):
+// x' = x + shift, sum' = 2^shift sum, wsum' = 2^shift (wsum + shift sum). The shift is floored at
+// -FLT_MAX and 2^shift shift is formed first, so a vanishing factor gives 0, never 0 * inf.
+__device__ __forceinline__ void rescale(RowState& state, float new_max, float k) {
+  const float shift = fmaxf((state.max - new_max) * k, -FLT_MAX);
+  const float factor = fast_exp2(shift);
+  state.wsum = factor * state.wsum + (factor * shift) * state.sum;
+  state.sum *= factor;
+}
+
 // Adds n values to the state (k = log2(e) / T): one rescale when their maximum raises m.
 template <int n>
 __device__ __forceinline__ void accumulate(RowState& state, const float (&z)[n], float k) {
@@ -133,12 +143,7 @@ __device__ __forceinline__ void accumulate(RowState& state, const float (&z)[n],
   for (int i = 1; i < n; ++i) block_max = fmaxf(block_max, z[i]);
   if (!(block_max > neg_inf())) return;  // all -inf (or NaN): nothing to add
   if (block_max > state.max) {
-    if (state.sum > 0.0f) {
-      const float shift = (state.max - block_max) * k;  // < 0
-      const float factor = fast_exp2(shift);
-      state.wsum = factor * fmaf(shift, state.sum, state.wsum);
-      state.sum *= factor;
-    }
+    if (state.sum > 0.0f) rescale(state, block_max, k);
     state.max = block_max;
   }
 #pragma unroll
@@ -154,12 +159,11 @@ __device__ __forceinline__ RowState combine(const RowState& a, const RowState& b
   if (b.sum == 0.0f) return a;
   if (a.sum == 0.0f) return b;
   const float row_max = fmaxf(a.max, b.max);
-  const float shift_a = (a.max - row_max) * k;
-  const float shift_b = (b.max - row_max) * k;
-  const float factor_a = fast_exp2(shift_a);
-  const float factor_b = fast_exp2(shift_b);
-  return RowState{row_max, factor_a * a.sum + factor_b * b.sum,
-                  factor_a * fmaf(shift_a, a.sum, a.wsum) + factor_b * fmaf(shift_b, b.sum, b.wsum)};
+  RowState left = a;
+  RowState right = b;
+  rescale(left, row_max, k);
+  rescale(right, row_max, k);
+  return RowState{row_max, left.sum + right.sum, left.wsum + right.wsum};
 }
 
 __device__ __forceinline__ RowState shuffle_down(const RowState& state, int offset) {
