@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     p_train.add_argument("--seed", type=int, default=0)
     p_compare = commands.add_parser("compare", help="each algorithm with and without ActFocus over seeds")
     add_common(p_compare)
-    p_compare.add_argument("--algos", default="grpo,ppo", help="comma-separated: grpo, ppo")
+    p_compare.add_argument("--algos", default="grpo", help="comma-separated: grpo, ppo")
     p_compare.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     p_diagnose = commands.add_parser("diagnose", help="measure the Action Bottleneck on a batch of rollouts")
     add_common(p_diagnose)

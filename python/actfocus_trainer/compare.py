@@ -6,6 +6,7 @@ shared evaluation states before RL and after it: mean ± sample std over seeds, 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import statistics
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 from .plots import plot_runs
-from .train import TrainConfig, clone_policy, prepare_policy, resolve_device, train
+from .train import TrainConfig, prepare_policy, resolve_device, train
 
 
 def run_compare(base: TrainConfig, algos: list[str], seeds: list[int], out_dir: Path,
@@ -29,7 +30,7 @@ def run_compare(base: TrainConfig, algos: list[str], seeds: list[int], out_dir: 
         policy, tokenizer = prepare_policy(seed_cfg, progress)
         for algo, actfocus in arms:
             cfg = dataclasses.replace(seed_cfg, algo=algo, actfocus=actfocus)
-            run = train(cfg, clone_policy(policy), tokenizer, out_dir / f"{cfg.label}-seed{seed}", progress)
+            run = train(cfg, copy.deepcopy(policy), tokenizer, out_dir / f"{cfg.label}-seed{seed}", progress)
             results[cfg.label].append({"seed": seed, "initial": run.initial_success, "final": run.final_success})
             records[cfg.label].append(run.records)
     plot_path = out_dir / "compare.png"

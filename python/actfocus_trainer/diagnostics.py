@@ -5,7 +5,8 @@ On ``prompts`` start states with ``group_size`` rollouts each, the on-policy los
 ``policy_loss(logits, targets, None, A, loss_mask)`` with centred returns ``A_i = R_i - mean_g R``
 (no std normalisation, so a prompt's signal scales with its reward spread) is differentiated
 with respect to the logits; ``‖dz_t‖`` (the L2 norm of token t's logit gradient) is its signal.
-Reported per token class (action = answer span, reasoning = the other generated tokens):
+Reported per token class (action = the action text in the answer, reasoning = the other generated
+tokens):
 
 - token share and signal share ``sum_class ‖dz‖ / sum_all ‖dz‖``, and the mean ``‖dz‖`` per token,
 - Pearson correlation across prompts between the class's mean ``‖dz‖`` in a prompt's rollouts and

@@ -9,6 +9,7 @@ valid token.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Optional
 
@@ -121,7 +122,7 @@ class HFPolicy(nn.Module):
     """A local Hugging Face causal LM with a linear value head on its last hidden state.
 
     Padding is expressed by the attention mask and explicit position ids, so left-padded prompts
-    and incremental decoding with ``past_key_values`` work.
+    and incremental decoding with the model's key/value cache work.
     """
 
     def __init__(self, model: nn.Module):
@@ -130,16 +131,18 @@ class HFPolicy(nn.Module):
         self.value_head = nn.Linear(model.config.hidden_size, 1)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
+        # transformers 5 renamed the cache argument ``past_key_values`` to ``cache``
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def forward(self, ids, valid, cache=None) -> PolicyOutput:
-        past_kv, past_valid, start = (None, valid[:, :0], torch.zeros_like(ids[:, 0])) if cache is None else cache
+        past, past_valid, start = (None, valid[:, :0], torch.zeros_like(ids[:, 0])) if cache is None else cache
         positions = positions_of(valid, start).clamp(min=0)
         attention_mask = torch.cat([past_valid, valid], 1).long()
         out = self.model(input_ids=ids, attention_mask=attention_mask, position_ids=positions,
-                         past_key_values=past_kv, use_cache=True, output_hidden_states=True)
+                         use_cache=True, output_hidden_states=True, **{self.cache_arg: past})
         hidden = out.hidden_states[-1]
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
-        new_cache = (out.past_key_values, attention_mask.bool(), positions[:, -1] + 1)
+        new_cache = (getattr(out, self.cache_arg), attention_mask.bool(), positions[:, -1] + 1)
         return PolicyOutput(out.logits, values, new_cache)
 
 
@@ -152,12 +155,13 @@ def load_hf_policy(path: str, device: torch.device):
                          "without it use the built-in policy (omit --model)") from error
     from .hf_tokenizer import HFTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
     tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
     return HFPolicy(model).to(device), tokenizer
 
 
 def count_parameters(module: nn.Module) -> int:
+    """Number of parameters of ``module``."""
     return sum(p.numel() for p in module.parameters())
 
 

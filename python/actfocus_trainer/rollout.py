@@ -13,19 +13,19 @@ from typing import Callable
 import torch
 
 from .envs import TextEnv
-from .turn_format import answer_char_span, parse_turn
+from .turn_format import action_char_span, observation_prompt, parse_turn
 
 
 @dataclass
 class Turn:
     """One turn: prompt and response token ids, the sampling log-probs of the response tokens,
-    the answer span ``[start, end)`` in response tokens (None without one), the action played
-    (None when unparseable) and the reward it earned."""
+    the action span ``[start, end)`` in response tokens (the text between ``<answer>`` and
+    ``</answer>``; None without one), the action played (None when unparseable) and its reward."""
 
     prompt: list[int]
     response: list[int]
     sample_logp: list[float]
-    answer_span: tuple[int, int] | None
+    action_span: tuple[int, int] | None
     action: str | None
     reward: float
 
@@ -44,13 +44,14 @@ class Episode:
         return sum(turn.reward for turn in self.turns)
 
 
-def answer_token_span(tokenizer, response: list[int]) -> tuple[int, int] | None:
-    """Tokens ``[start, end)`` of ``response`` whose decoded text overlaps the last answer span.
+def action_token_span(tokenizer, response: list[int]) -> tuple[int, int] | None:
+    """Tokens ``[start, end)`` of ``response`` whose decoded text overlaps the action text of its
+    last ``<answer> ... </answer>`` (``turn_format.action_char_span``), or None.
 
     Token i covers the characters between ``len(decode(response[:i]))`` and
     ``len(decode(response[:i + 1]))``, which works for word-level and subword tokenizers alike.
     """
-    span = answer_char_span(tokenizer.decode(response))
+    span = action_char_span(tokenizer.decode(response))
     if span is None:
         return None
     ends = [len(tokenizer.decode(response[:i + 1])) for i in range(len(response))]
@@ -117,8 +118,8 @@ def collect(policy, tokenizer, make_env: Callable[[], TextEnv], seeds: list[int]
             return episodes
         prompts, contexts = {}, []
         for i in live:
-            prefix = envs[i].instructions + " " if instructions and not episodes[i].turns else ""
-            prompts[i] = tokenizer.encode(f"{prefix}<obs> {observations[i]} </obs>")
+            first = instructions and not episodes[i].turns
+            prompts[i] = tokenizer.encode(observation_prompt(observations[i], envs[i].instructions if first else ""))
             history = [t for turn in episodes[i].turns for t in turn.prompt + turn.response]
             contexts.append((history if context == "full" else []) + prompts[i])
         responses, logps = generate(policy, tokenizer, contexts, max_response_tokens, temperature, generator)
@@ -126,6 +127,6 @@ def collect(policy, tokenizer, make_env: Callable[[], TextEnv], seeds: list[int]
             action = parse_turn(tokenizer.decode(response), envs[i].actions)
             result = envs[i].step(action)
             observations[i] = envs[i].render()
-            span = answer_token_span(tokenizer, response)
+            span = action_token_span(tokenizer, response)
             episodes[i].turns.append(Turn(prompts[i], response, logp, span, action, result.reward))
             episodes[i].success = result.success

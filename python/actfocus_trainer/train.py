@@ -7,7 +7,6 @@ every run with the same config, so arms of a comparison are scored on the same s
 """
 from __future__ import annotations
 
-import copy
 import json
 import random
 import time
@@ -47,7 +46,7 @@ class TrainConfig:
     temperature: float = 1.0
     context: str = "turn"
     max_response_tokens: int = 16
-    warmstart_steps: int = 40
+    warmstart_steps: int = 100
     eval_episodes: int = 128
     seed: int = 0
     device: str = "auto"
@@ -119,10 +118,10 @@ def evaluate(policy, tokenizer, cfg: TrainConfig) -> float:
 
 def episode_metrics(episodes) -> dict[str, float]:
     """Success rate, mean return, share of unparseable turns, turns and response tokens per episode,
-    and the share of response tokens inside the answer span."""
+    and the share of response tokens that are action tokens."""
     turns = [turn for ep in episodes for turn in ep.turns]
     tokens = sum(len(turn.response) for turn in turns)
-    action_tokens = sum(turn.answer_span[1] - turn.answer_span[0] for turn in turns if turn.answer_span)
+    action_tokens = sum(turn.action_span[1] - turn.action_span[0] for turn in turns if turn.action_span)
     return {"success": sum(ep.success for ep in episodes) / len(episodes),
             "return": sum(ep.total_return for ep in episodes) / len(episodes),
             "format_error": sum(turn.action is None for turn in turns) / len(turns),
@@ -183,8 +182,3 @@ def write_run(out_dir: Path, cfg: TrainConfig, result: TrainResult) -> None:
     plot_runs({cfg.label: [result.records]}, out_dir / "curve.png", title=f"{cfg.env}: {cfg.label}")
     if isinstance(result.policy, TinyCausalLM):
         save_policy(result.policy, str(out_dir / "policy.pt"))
-
-
-def clone_policy(policy):
-    """An independent copy (each arm of a comparison trains its own)."""
-    return copy.deepcopy(policy)

@@ -20,15 +20,25 @@ def parse_turn(text: str, actions: tuple[str, ...]) -> str | None:
     return match["action"]
 
 
+def observation_prompt(observation: str, instructions: str = "") -> str:
+    """The prompt of a turn: ``<obs> observation </obs>``, after ``instructions`` when given."""
+    return f"{instructions} <obs> {observation} </obs>" if instructions else f"<obs> {observation} </obs>"
+
+
 def format_turn(reasoning: str, action: str) -> str:
     """The canonical text of a turn (used by the warm start)."""
     return f"<think> {reasoning} </think> <answer> {action} </answer>"
 
 
-def answer_char_span(text: str) -> tuple[int, int] | None:
-    """Character span ``[start, end)`` of the last ``<answer> ... </answer>`` in ``text``, or None."""
-    start = text.rfind("<answer>")
-    end = text.find("</answer>", start)
-    if start < 0 or end < 0:
+def action_char_span(text: str) -> tuple[int, int] | None:
+    """Character span ``[start, end)`` of the action text inside the last ``<answer> ... </answer>``
+    of ``text`` (surrounding whitespace excluded), or None when there is no closed, non-empty one."""
+    opening = text.rfind("<answer>")
+    closing = text.find("</answer>", opening)
+    if opening < 0 or closing < 0:
         return None
-    return start, end + len("</answer>")
+    inner = text[opening + len("<answer>"):closing]
+    if not inner.strip():
+        return None
+    start = opening + len("<answer>") + len(inner) - len(inner.lstrip())
+    return start, start + len(inner.strip())

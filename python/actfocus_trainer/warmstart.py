@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 from .envs import TextEnv
 from .masks import IGNORE_INDEX, build_batch, policy_forward
-from .rollout import Episode, Turn, answer_token_span
+from .rollout import Episode, Turn, action_token_span
 from .tokenizer import REASONING_WORDS
-from .turn_format import format_turn
+from .turn_format import format_turn, observation_prompt
 
 
 def random_format_episode(make_env: Callable[[], TextEnv], tokenizer, seed: int, rng: random.Random,
@@ -29,15 +29,15 @@ def random_format_episode(make_env: Callable[[], TextEnv], tokenizer, seed: int,
     observation = env.reset(seed)
     episode = Episode(seed, 0)
     while not env.done:
-        prefix = env.instructions + " " if instructions and not episode.turns else ""
-        prompt = tokenizer.encode(f"{prefix}<obs> {observation} </obs>")
+        first = instructions and not episode.turns
+        prompt = tokenizer.encode(observation_prompt(observation, env.instructions if first else ""))
         action = rng.choice(env.actions)
         reasoning = " ".join(rng.choices(REASONING_WORDS, k=rng.randint(min_words, max_words)))
         response = tokenizer.encode(format_turn(reasoning, action))
         result = env.step(action)
         observation = env.render()
         episode.turns.append(Turn(prompt, response, [0.0] * len(response),
-                                  answer_token_span(tokenizer, response), action, result.reward))
+                                  action_token_span(tokenizer, response), action, result.reward))
         episode.success = result.success
     return episode
 

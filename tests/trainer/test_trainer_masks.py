@@ -5,8 +5,8 @@ import torch
 from actfocus_kernels import token_stats
 from actfocus_trainer.envs import make_env
 from actfocus_trainer.masks import IGNORE_INDEX, build_batch, policy_forward
-from actfocus_trainer.policy import TinyCausalLM
-from actfocus_trainer.rollout import Episode, Turn, answer_token_span, collect
+from actfocus_trainer.policy import TinyCausalLM, count_parameters
+from actfocus_trainer.rollout import Episode, Turn, action_token_span, collect
 from actfocus_trainer.tokenizer import WordTokenizer
 
 TOK = WordTokenizer()
@@ -14,13 +14,13 @@ TOK = WordTokenizer()
 
 def make_turn(prompt: str, response: str, reward: float) -> Turn:
     ids = TOK.encode(response)
-    return Turn(TOK.encode(prompt), ids, [-0.5] * len(ids), answer_token_span(TOK, ids), None, reward)
+    return Turn(TOK.encode(prompt), ids, [-0.5] * len(ids), action_token_span(TOK, ids), None, reward)
 
 
-def test_answer_token_span():
+def test_action_token_span():
     ids = TOK.encode("<think> go left </think> <answer> Left </answer>")
-    assert answer_token_span(TOK, ids) == (4, 7)
-    assert answer_token_span(TOK, TOK.encode("<think> go </think> <answer> Left")) is None
+    assert action_token_span(TOK, ids) == (5, 6)
+    assert action_token_span(TOK, TOK.encode("<think> go </think> <answer> Left")) is None
 
 
 def test_masks_are_shifted_by_one_token():
@@ -36,8 +36,8 @@ def test_masks_are_shifted_by_one_token():
     # position t predicts token t+1: the loss mask selects exactly the response tokens, in order
     responses = episodes[0].turns[0].response + episodes[0].turns[1].response
     assert batch.targets[0][batch.loss_mask[0].bool()].tolist() == responses
-    answer_targets = batch.targets[0][batch.action_mask[0].bool()]
-    assert TOK.decode(answer_targets.tolist()) == "<answer> Left </answer> <answer> Up </answer>"
+    action_targets = batch.targets[0][batch.action_mask[0].bool()]
+    assert TOK.decode(action_targets.tolist()) == "Left Up"
     assert batch.turn_ids[0].tolist() == [0] * 9 + [1] * 10
     assert batch.segments[0].tolist() == [0] * 10 + [1] * 9
     assert batch.sample_logp[0][batch.loss_mask[0].bool()].eq(-0.5).all()
@@ -79,3 +79,8 @@ def test_turn_context_isolates_turns():
         full_a, full_b = (policy_forward(policy, x, "full")[0][0, -9:] for x in (a, b))
     torch.testing.assert_close(turn_a, turn_b)  # the second turn does not see the first
     assert not torch.allclose(full_a, full_b)
+
+
+def test_builtin_policy_size():
+    """The built-in model has "a few hundred thousand" parameters: quick on a laptop CPU."""
+    assert 100_000 < count_parameters(TinyCausalLM(TOK.vocab_size)) < 500_000

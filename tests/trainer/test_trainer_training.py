@@ -29,7 +29,8 @@ def test_cli_train_compare_diagnose(tmp_path, capsys):
     assert {"success", "return", "clip_frac", "entropy", "energy_action", "energy_reasoning"} <= set(records[0])
     assert (tmp_path / "train" / "curve.png").stat().st_size > 0
 
-    main(["compare", "--env", "sokoban", "--seeds", "1", "--out", str(tmp_path / "compare"), *TINY])
+    main(["compare", "--env", "sokoban", "--algos", "grpo,ppo", "--seeds", "1", "--out", str(tmp_path / "compare"),
+          *TINY])
     out = capsys.readouterr().out
     for label in ("| GRPO |", "| GRPO+ActFocus |", "| PPO |", "| PPO+ActFocus |"):
         assert label in out

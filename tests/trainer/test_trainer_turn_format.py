@@ -3,7 +3,7 @@ import pytest
 
 from actfocus_trainer.envs import ACTIONS
 from actfocus_trainer.tokenizer import WordTokenizer
-from actfocus_trainer.turn_format import answer_char_span, format_turn, parse_turn
+from actfocus_trainer.turn_format import action_char_span, format_turn, observation_prompt, parse_turn
 
 
 @pytest.mark.parametrize("text, action", [
@@ -36,12 +36,21 @@ def test_malformed_turns(text):
     assert parse_turn(text, ACTIONS) is None
 
 
-def test_format_and_answer_span():
+def test_format_and_action_span():
     text = format_turn("go right", "Right")
     assert parse_turn(text, ACTIONS) == "Right"
-    start, end = answer_char_span(text)
-    assert text[start:end] == "<answer> Right </answer>"
-    assert answer_char_span("<think> x </think>") is None
+    start, end = action_char_span(text)
+    assert text[start:end] == "Right"
+    text = "<think> x </think> <answer> Up </answer><answer>\n Go  left </answer>"
+    assert text[slice(*action_char_span(text))] == "Go  left"  # the last answer, even if unparseable
+    assert action_char_span("<think> x </think>") is None
+    assert action_char_span("<think> x </think> <answer> Left") is None
+    assert action_char_span("<think> x </think> <answer> </answer>") is None
+
+
+def test_observation_prompt():
+    assert observation_prompt("P F | F G") == "<obs> P F | F G </obs>"
+    assert observation_prompt("P F", "Reach G.") == "Reach G. <obs> P F </obs>"
 
 
 def test_word_tokenizer():
