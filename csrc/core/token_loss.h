@@ -1,4 +1,6 @@
 // Per-token policy-loss math shared by the CPU and CUDA kernels (SPEC section 4). Torch-free.
+// A few scalars per row, computed in float64 like the reference: a loss that nearly cancels across
+// tokens keeps the accuracy of logp (the vocabulary sums stay fp32 in the kernels).
 //
 // Given a row's logp and entropy and the token's detached inputs, computes the token loss
 //   l = w L_pg + kl_coef KL - entropy_coef H,   token_loss = scale * l   (0 where scale == 0)
@@ -17,7 +19,7 @@
 namespace actfocus {
 
 // The ratio exponent logp - old_logp is clamped to [-kRatioLogClamp, kRatioLogClamp].
-constexpr float kRatioLogClamp = 20.0f;
+constexpr double kRatioLogClamp = 20.0;
 
 enum class KlType : int { kK1 = 1, kK2 = 2, kK3 = 3 };
 
@@ -50,55 +52,58 @@ struct TokenLoss {
   bool clipped;  // clip or dual-clip branch active, false where inactive
 };
 
-ACTFOCUS_HOST_DEVICE TokenLoss token_loss(float logp, float entropy, const TokenInputs& in,
+ACTFOCUS_HOST_DEVICE TokenLoss token_loss(double logp, double entropy, const TokenInputs& in,
                                           const LossOptions& opt) {
   const bool active = in.has_target && in.scale != 0.0f;
-  const float advantage = active ? in.advantage : 0.0f;
-  const float weight = active ? in.weight : 0.0f;
-  const float old_logp = active ? in.old_logp : 0.0f;
-  const float ref_logp = active ? in.ref_logp : 0.0f;
+  const double advantage = active ? in.advantage : 0.0;
+  const double weight = active ? in.weight : 0.0;
+  const double old_logp = active ? in.old_logp : 0.0;
+  const double ref_logp = active ? in.ref_logp : 0.0;
+  const double scale = active ? in.scale : 0.0;
 
-  const float delta = opt.has_old_logp ? logp - old_logp : 0.0f;
-  const float ratio = expf(fminf(fmaxf(delta, -kRatioLogClamp), kRatioLogClamp));
-  const float unclipped_loss = -advantage * ratio;
-  const float clipped_loss =
-      -advantage * fminf(fmaxf(ratio, 1.0f - opt.clip_low), 1.0f + opt.clip_high);
+  const double delta = opt.has_old_logp ? logp - old_logp : 0.0;
+  const double ratio = exp(fmin(fmax(delta, -kRatioLogClamp), kRatioLogClamp));
+  const double unclipped_loss = -advantage * ratio;
+  const double clipped_loss = -advantage * fmin(fmax(ratio, 1.0 - static_cast<double>(opt.clip_low)),
+                                                1.0 + static_cast<double>(opt.clip_high));
   bool clipped = clipped_loss > unclipped_loss;
-  float pg_loss = clipped ? clipped_loss : unclipped_loss;
+  double pg_loss = clipped ? clipped_loss : unclipped_loss;
   if (opt.dual_clip > 1.0f) {
-    const float dual_loss = -advantage * opt.dual_clip;
-    const bool dual_clipped = advantage < 0.0f && pg_loss > dual_loss;
+    const double dual_loss = -advantage * static_cast<double>(opt.dual_clip);
+    const bool dual_clipped = advantage < 0.0 && pg_loss > dual_loss;
     pg_loss = dual_clipped ? dual_loss : pg_loss;
     clipped = clipped || dual_clipped;
   }
   // Zero where a clip branch is selected or the ratio exponent is clamped.
-  const float pg_grad = (clipped || fabsf(delta) > kRatioLogClamp) ? 0.0f : -advantage * ratio;
+  const double pg_grad = (clipped || fabs(delta) > kRatioLogClamp) ? 0.0 : -advantage * ratio;
 
-  float loss = weight * pg_loss - opt.entropy_coef * entropy;
-  float coef = weight * pg_grad;
+  const double entropy_coef = opt.entropy_coef;
+  double loss = weight * pg_loss - entropy_coef * entropy;
+  double coef = weight * pg_grad;
   if (opt.kl_coef > 0.0f && opt.has_ref_logp) {
-    const float diff = logp - ref_logp;
-    float kl;
-    float kl_grad;
+    const double kl_coef = opt.kl_coef;
+    const double diff = logp - ref_logp;
+    double kl;
+    double kl_grad;
     if (opt.kl_type == static_cast<int>(KlType::kK1)) {
       kl = diff;
-      kl_grad = 1.0f;
+      kl_grad = 1.0;
     } else if (opt.kl_type == static_cast<int>(KlType::kK2)) {
-      kl = 0.5f * diff * diff;
+      kl = 0.5 * diff * diff;
       kl_grad = diff;
     } else {
-      const float inv_ratio = expf(-diff);
-      kl = inv_ratio + diff - 1.0f;
-      kl_grad = 1.0f - inv_ratio;
+      const double inv_ratio = exp(-diff);
+      kl = inv_ratio + diff - 1.0;
+      kl_grad = 1.0 - inv_ratio;
     }
-    loss = loss + opt.kl_coef * kl;
-    coef = coef + opt.kl_coef * kl_grad;
+    loss = loss + kl_coef * kl;
+    coef = coef + kl_coef * kl_grad;
   }
 
   TokenLoss out;
-  out.loss = active ? in.scale * loss : 0.0f;
-  out.ratio = active ? ratio : 1.0f;
-  out.coef = active ? coef : 0.0f;
+  out.loss = active ? static_cast<float>(scale * loss) : 0.0f;
+  out.ratio = active ? static_cast<float>(ratio) : 1.0f;
+  out.coef = active ? static_cast<float>(coef) : 0.0f;
   out.clipped = active && clipped;
   return out;
 }

@@ -72,7 +72,6 @@ PolicyLossResult policy_loss_cpu(const at::Tensor& logits, const at::Tensor& tar
   float* entropy_out = entropy.data_ptr<float>();
   float* ratio_out = ratio.data_ptr<float>();
   bool* clipped_out = clipped.data_ptr<bool>();
-  const float temperature_f = static_cast<float>(temperature);
   const float inv_temperature = static_cast<float>(1.0 / temperature);
   const float entropy_coef_f = loss_options.entropy_coef;
 
@@ -80,7 +79,7 @@ PolicyLossResult policy_loss_cpu(const at::Tensor& logits, const at::Tensor& tar
     for (int64_t row = begin; row < end; ++row) {
       const void* row_ptr = rows + row * row_bytes;
       const cpu::TokenRow stats = cpu::token_row(kernels, row_ptr, vocab, target_values[row],
-                                                 ignore_index, temperature_f, inv_temperature);
+                                                 ignore_index, temperature, inv_temperature);
       TokenInputs inputs;
       inputs.has_target = stats.has_target;
       inputs.scale = scale_values[row];
@@ -90,7 +89,7 @@ PolicyLossResult policy_loss_cpu(const at::Tensor& logits, const at::Tensor& tar
       inputs.weight = weight_values[row];
       const TokenLoss loss = actfocus::token_loss(stats.logp, stats.entropy, inputs, loss_options);
       token_loss_out[row] = loss.loss;
-      logp_out[row] = stats.logp;
+      logp_out[row] = static_cast<float>(stats.logp);
       energy_out[row] = stats.energy;
       entropy_out[row] = stats.entropy;
       ratio_out[row] = loss.ratio;

@@ -12,24 +12,27 @@ namespace actfocus::cpu {
 
 struct TokenRow {
   RowStats stats;
-  float logp;     // s[y] - lse, 0 when y == ignore_index
+  double logp;    // s[y] - lse in float64 (from the fp32 sum), 0 when y == ignore_index
   float energy;   // -T lse
   float entropy;  // lse - sum p s
   float target_centred;  // (z[y] - max z) / T floored at -FLT_MAX, read before any gradient write
   bool has_target;
 };
 
+// The row's statistics; the per-row scalars (log sum, the target's centred logit, logp) in float64.
 inline TokenRow token_row(const RowKernels& kernels, const void* row, int64_t vocab, int64_t target,
-                          int64_t ignore_index, float temperature, float inv_temperature) {
+                          int64_t ignore_index, double temperature, float inv_temperature) {
   TokenRow out;
   out.stats = kernels.stats(row, vocab, inv_temperature);
+  const double log_sum = std::log(static_cast<double>(out.stats.sum));
   out.has_target = target != ignore_index;
-  const float target_centred =
-      out.has_target ? (kernels.load(row, target) - out.stats.max) * inv_temperature : 0.0f;
-  out.logp = out.has_target ? target_centred - out.stats.log_sum : 0.0f;
-  out.target_centred = std::max(target_centred, -FLT_MAX);
-  out.energy = -(out.stats.max + temperature * out.stats.log_sum);
-  out.entropy = out.stats.log_sum - out.stats.mean_shift;
+  const float target_logit = out.has_target ? kernels.load(row, target) : 0.0f;
+  out.logp = out.has_target
+                 ? (static_cast<double>(target_logit) - out.stats.max) / temperature - log_sum
+                 : 0.0;
+  out.target_centred = std::max((target_logit - out.stats.max) * inv_temperature, -FLT_MAX);
+  out.energy = static_cast<float>(-(out.stats.max + temperature * log_sum));
+  out.entropy = static_cast<float>(log_sum - out.stats.mean_shift);
   return out;
 }
 

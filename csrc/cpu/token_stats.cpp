@@ -30,15 +30,14 @@ TokenStatsResult token_stats_cpu(const at::Tensor& logits, const at::Tensor& tar
   float* logp_out = logp.data_ptr<float>();
   float* energy_out = energy.data_ptr<float>();
   float* entropy_out = entropy.data_ptr<float>();
-  const float temperature_f = static_cast<float>(temperature);
   const float inv_temperature = static_cast<float>(1.0 / temperature);
 
   at::parallel_for(0, n, cpu::rows_per_task(vocab), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const cpu::TokenRow stats =
           cpu::token_row(kernels, rows + row * row_bytes, vocab, target_values[row], ignore_index,
-                         temperature_f, inv_temperature);
-      logp_out[row] = stats.logp;
+                         temperature, inv_temperature);
+      logp_out[row] = static_cast<float>(stats.logp);
       energy_out[row] = stats.energy;
       entropy_out[row] = stats.entropy;
     }

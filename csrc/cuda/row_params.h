@@ -28,7 +28,7 @@ inline cuda::RowParams row_params(const at::Tensor& logits, const at::Tensor& ta
   params.vocab = logits.size(1);
   params.logits_row_stride = logits.stride(0);
   params.dtype = checks::row_dtype(logits);
-  params.temperature = static_cast<float>(temperature);
+  params.temperature = temperature;
   params.ignore_index = ignore_index;
   return params;
 }

@@ -9,12 +9,13 @@
 namespace actfocus::cpu {
 
 // Softmax statistics of a row s = z / T, on the centred logits x_v = (z_v - max z) / T (exact for
-// extreme logits: the difference is taken before the scaling):
-//   d = sum_v exp(x_v), log_sum = log(d), mean_shift = sum_v exp(x_v) x_v / d,
+// extreme logits: the difference is taken before the scaling), with fp32 sums:
+//   sum = sum_v exp(x_v), log_sum = log(sum), mean_shift = sum_v exp(x_v) x_v / sum,
 //   lse = max z / T + log_sum,  energy = -(max z + T log_sum),  entropy = log_sum - mean_shift.
 struct RowStats {
   float max;  // max z (unscaled)
-  float log_sum;
+  float sum;
+  float log_sum;  // log(sum) rounded to fp32, for the gradient
   float mean_shift;
 };
 

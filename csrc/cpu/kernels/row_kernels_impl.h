@@ -107,7 +107,7 @@ RowStats row_stats(const void* row_ptr, int64_t vocab, float inv_temperature) {
     sum += e;
     wsum += e * x;
   }
-  return RowStats{row_max, std::log(sum), wsum / sum};
+  return RowStats{row_max, sum, static_cast<float>(std::log(static_cast<double>(sum))), wsum / sum};
 }
 
 template <typename T>

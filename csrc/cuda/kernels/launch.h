@@ -38,7 +38,7 @@ struct RowParams {
   int64_t dlogits_row_stride;
   // options
   RowDtype dtype;
-  float temperature;
+  double temperature;
   int64_t ignore_index;
   LossOptions loss;
 };

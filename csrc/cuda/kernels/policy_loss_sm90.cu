@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const Row
   const unsigned cluster_size = cluster.num_blocks();
   const int64_t row = blockIdx.x / cluster_size;
   const int64_t vocab = params.vocab;
-  const float k = kLog2e / params.temperature;
+  const float k = static_cast<float>(kLog2eDouble / params.temperature);
   const T* logits = static_cast<const T*>(params.logits) + row * params.logits_row_stride;
   const int64_t vectors = vocab / kVec;
   const int64_t tail_start = vectors * kVec;
@@ -117,10 +117,7 @@ __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const Row
 
   // the token: every CTA computes the same loss; rank 0 writes the per-token outputs
   if (threadIdx.x == 0) {
-    const float log_sum = logf(total.sum);
-    const float mean_shift = kLn2 * (total.wsum / total.sum);
-    const float logp = has_target ? (target_logit - total.max) / params.temperature - log_sum : 0.0f;
-    const float entropy = log_sum - mean_shift;
+    const TokenStatistics stats = token_statistics(total, has_target, target_logit, params.temperature);
     TokenInputs inputs;
     inputs.has_target = has_target;
     inputs.scale = params.scale[row];
@@ -128,17 +125,17 @@ __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const Row
     inputs.advantage = params.advantages[row];
     inputs.ref_logp = params.ref_logp != nullptr ? params.ref_logp[row] : 0.0f;
     inputs.weight = params.weights[row];
-    const TokenLoss loss = token_loss(logp, entropy, inputs, params.loss);
+    const TokenLoss loss = token_loss(stats.logp, stats.entropy, inputs, params.loss);
     if (rank == 0) {
-      params.logp[row] = logp;
-      params.energy[row] = -(total.max + params.temperature * log_sum);
-      params.entropy[row] = entropy;
+      params.logp[row] = static_cast<float>(stats.logp);
+      params.energy[row] = stats.energy;
+      params.entropy[row] = stats.entropy;
       params.token_loss[row] = loss.loss;
       params.ratio[row] = loss.ratio;
       params.clipped[row] = loss.clipped;
     }
     shared_coef = loss.coef;
-    shared_grad_scale = inputs.scale / params.temperature;
+    shared_grad_scale = static_cast<float>(inputs.scale / params.temperature);
     shared_active = has_target && inputs.scale != 0.0f;
   }
   __syncthreads();

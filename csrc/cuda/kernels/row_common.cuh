@@ -22,6 +22,7 @@ namespace actfocus::cuda {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
+constexpr double kLog2eDouble = 1.4426950408889634;
 constexpr int kWarpSize = 32;
 constexpr int kMaxWarps = 32;
 
@@ -196,6 +197,25 @@ __device__ __forceinline__ RowState block_reduce(RowState state, float k, RowSta
   }
   __syncthreads();
   return scratch[kMaxWarps];
+}
+
+// The token's statistics from the row's state, the per-row scalars in float64 like the reference
+// (logp keeps the accuracy of the fp32 sum for the ratio of a loss that nearly cancels).
+struct TokenStatistics {
+  double logp;  // 0 without a target
+  float energy;
+  float entropy;
+};
+
+__device__ __forceinline__ TokenStatistics token_statistics(const RowState& state, bool has_target,
+                                                            float target_logit, double temperature) {
+  const double log_sum = log(static_cast<double>(state.sum));
+  const float mean_shift = kLn2 * (state.wsum / state.sum);
+  TokenStatistics out;
+  out.logp = has_target ? (static_cast<double>(target_logit) - state.max) / temperature - log_sum : 0.0;
+  out.energy = static_cast<float>(-(state.max + temperature * log_sum));
+  out.entropy = static_cast<float>(log_sum - mean_shift);
+  return out;
 }
 
 // Everything the gradient of one row needs, in base 2 where x is:

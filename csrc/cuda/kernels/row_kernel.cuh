@@ -26,7 +26,7 @@ __global__ void __launch_bounds__(kGenericMaxThreads) generic_rows_kernel(const 
   // shapes and layout of this row
   const int64_t row = blockIdx.x;
   const int64_t vocab = params.vocab;
-  const float k = kLog2e / params.temperature;
+  const float k = static_cast<float>(kLog2eDouble / params.temperature);
   const T* logits = static_cast<const T*>(params.logits) + row * params.logits_row_stride;
   const int head = row_head(logits, vocab);
   const int64_t vectors = (vocab - head) / kVec;
@@ -73,14 +73,11 @@ __global__ void __launch_bounds__(kGenericMaxThreads) generic_rows_kernel(const 
   state = block_reduce(state, k, scratch);
 
   // the token: statistics (and loss) by thread 0
-  const float log_sum = logf(state.sum);
   if (threadIdx.x == 0) {
-    const float mean_shift = kLn2 * (state.wsum / state.sum);
-    const float logp = has_target ? (target_logit - state.max) / params.temperature - log_sum : 0.0f;
-    const float entropy = log_sum - mean_shift;
-    params.logp[row] = logp;
-    params.energy[row] = -(state.max + params.temperature * log_sum);
-    params.entropy[row] = entropy;
+    const TokenStatistics stats = token_statistics(state, has_target, target_logit, params.temperature);
+    params.logp[row] = static_cast<float>(stats.logp);
+    params.energy[row] = stats.energy;
+    params.entropy[row] = stats.entropy;
     if constexpr (kLoss) {
       TokenInputs inputs;
       inputs.has_target = has_target;
@@ -89,12 +86,12 @@ __global__ void __launch_bounds__(kGenericMaxThreads) generic_rows_kernel(const 
       inputs.advantage = params.advantages[row];
       inputs.ref_logp = params.ref_logp != nullptr ? params.ref_logp[row] : 0.0f;
       inputs.weight = params.weights[row];
-      const TokenLoss loss = token_loss(logp, entropy, inputs, params.loss);
+      const TokenLoss loss = token_loss(stats.logp, stats.entropy, inputs, params.loss);
       params.token_loss[row] = loss.loss;
       params.ratio[row] = loss.ratio;
       params.clipped[row] = loss.clipped;
       shared_coef = loss.coef;
-      shared_grad_scale = inputs.scale / params.temperature;
+      shared_grad_scale = static_cast<float>(inputs.scale / params.temperature);
       shared_active = has_target && inputs.scale != 0.0f;
     }
   }
