@@ -187,7 +187,7 @@ def test_empty_batch(device):
     assert [o.shape for o in outputs] == [(0,)] * 6
 
 
-def test_default_and_avx2_kernels_agree():
+def test_default_and_avx2_kernels_agree(tmp_path):
     """ATEN_CPU_CAPABILITY=default forces the portable row kernels: same results."""
     script = (
         "import torch, actfocus_kernels.native as n; torch.manual_seed(0); "
@@ -202,7 +202,7 @@ def test_default_and_avx2_kernels_agree():
         env.pop("ATEN_CPU_CAPABILITY", None)
         if capability:
             env["ATEN_CPU_CAPABILITY"] = capability
-        path = os.path.join(os.environ.get("PYTEST_TMPDIR", "/tmp"), f"actfocus_native_{capability}.pt")
+        path = str(tmp_path / f"{capability}.pt")
         subprocess.run([sys.executable, "-c", "import sys; " + script, path], env=env, check=True)
         results.append(torch.load(path))
     (cap_default, out_default, grad_default), (cap_best, out_best, grad_best) = results
