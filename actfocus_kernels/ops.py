@@ -104,6 +104,7 @@ def _policy_loss_setup(ctx, inputs, output):
     ctx.compute_grad = inputs[-2]
     ctx.save_for_backward(output[-1])
     ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # no [N, V] zeros for the unused dlogits output
 
 
 def scaled_gradient(dlogits: Tensor, grad_loss: Tensor) -> Tensor:
@@ -121,7 +122,8 @@ def _policy_loss_backward(ctx, grad_loss, *_):
     if not ctx.compute_grad:
         raise RuntimeError("policy_loss ran without gradient (no grad mode or logits not requiring grad)")
     (dlogits,) = ctx.saved_tensors
-    return (scaled_gradient(dlogits, grad_loss),) + (None,) * 17
+    grad = None if grad_loss is None else scaled_gradient(dlogits, grad_loss)
+    return (grad,) + (None,) * 17
 
 
 torch.library.register_autograd("actfocus::policy_loss", _policy_loss_backward, setup_context=_policy_loss_setup)
