@@ -36,6 +36,8 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--epochs", type=int, default=d.epochs, help="PPO epochs per batch")
     run.add_argument("--minibatches", type=int, default=d.minibatches)
     run.add_argument("--lr", type=float, default=d.lr)
+    run.add_argument("--agg", default=d.agg, help="policy_loss aggregation (PolicyLossConfig.agg)",
+                     choices=("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"))
     run.add_argument("--temperature", type=float, default=d.temperature)
     run.add_argument("--context", default=d.context, choices=("turn", "full"),
                      help="what a turn sees: its own observation, or the whole trajectory so far")
@@ -98,7 +100,7 @@ def cmd_diagnose(args) -> None:
     print(f"{report['episodes']} rollouts ({args.prompts} prompts x {args.group_size}), success "
           f"{100 * report['success']:.1f}%, prompts with reward spread: {report['prompts_with_reward_spread']}")
     print("| weights | tokens | token share | share of ‖dz‖ | mean ‖dz‖ | corr(‖dz‖, reward var) "
-          "| corr(‖dz‖/|A|, reward var) |")
+          "| corr(‖dz‖ at A=1, reward var) |")
     print("|---|---|---|---|---|---|---|")
     for weights in ("vanilla", "actfocus"):
         for name, row in report[weights].items():

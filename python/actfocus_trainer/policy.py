@@ -67,12 +67,13 @@ class Block(nn.Module):
 class TinyCausalLM(nn.Module):
     """A GPT-style decoder (learned positions, pre-norm blocks) with a linear value head.
 
-    With the defaults (``d_model=64``, 3 layers, 4 heads, ``max_len=512``) and the word vocabulary it
-    has about 190k parameters.
+    With the defaults (``d_model=64``, 3 layers, 4 heads, ``max_len=2048``, enough for a whole 8x8
+    FrozenLake trajectory with ``--context full``) and the word vocabulary it has about 290k
+    parameters.
     """
 
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 3, n_heads: int = 4,
-                 max_len: int = 512):
+                 max_len: int = 2048):
         super().__init__()
         self.config = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers,
                            n_heads=n_heads, max_len=max_len)

@@ -43,6 +43,7 @@ class TrainConfig:
     epochs: int = 2
     minibatches: int = 2
     lr: float = 1e-3
+    agg: str = "seq-mean-token-mean"
     temperature: float = 1.0
     context: str = "turn"
     max_response_tokens: int = 16
@@ -62,7 +63,7 @@ class TrainConfig:
     def algo_config(self) -> AlgoConfig:
         return AlgoConfig(algo=self.algo, actfocus=self.actfocus, epochs=self.epochs,
                           minibatches=self.minibatches, lr=self.lr, backend=self.backend,
-                          loss=PolicyLossConfig(temperature=self.temperature),
+                          loss=PolicyLossConfig(agg=self.agg, temperature=self.temperature),
                           actfocus_cfg=ActFocusConfig(reasoning_weight=self.reasoning_weight,
                                                       redistribution=self.redistribution))
 

@@ -134,3 +134,10 @@ def test_random_play_sometimes_wins_sokoban():
             env.step(rng.choice(env.actions))
         wins += env.success
     assert 0 < wins < 200
+
+
+def test_unparseable_turn_costs_more_than_a_wasted_move():
+    env = sokoban_at(level(walls=[(1, 2)], box=(2, 2)))
+    wasted = env.step("Right")  # into a wall
+    invalid = env.step(None)
+    assert invalid.reward == pytest.approx(wasted.reward - env.invalid_penalty) and env.turn == 2

@@ -2,7 +2,9 @@
 
 An environment shows its state as whitespace-separated words (so a word-level tokenizer can read
 it), takes one action word per turn, and returns ``(reward, done)``. A turn whose text does not
-parse is passed in as ``None``: the state does not change and the reward is ``-invalid_penalty``.
+parse is passed in as ``None``: the state does not change and the reward is ``idle_reward -
+invalid_penalty``, where ``idle_reward`` is what a valid move that changes nothing earns, so a
+malformed turn is always worse than a wasted valid one.
 """
 from __future__ import annotations
 
@@ -24,14 +26,16 @@ class StepResult:
 class TextEnv:
     """Common bookkeeping: turn limit, invalid-turn penalty and the success flag.
 
-    Subclasses implement ``_reset(seed, dynamics_seed)``, ``_move(action) -> (reward, done, success)``, ``render()``
-    and set ``name`` and ``symbols`` (the words ``render`` may emit).
+    Subclasses implement ``_reset(seed, dynamics_seed)``, ``_move(action) -> (reward, done,
+    success)`` and ``render()``, and set ``name``, ``symbols`` (the words ``render`` may emit) and
+    ``idle_reward``.
     """
 
     name = "env"
     actions: tuple[str, ...] = ACTIONS
     symbols: tuple[str, ...] = ()
     instructions = ""
+    idle_reward = 0.0
 
     def __init__(self, max_turns: int, invalid_penalty: float = 0.1):
         self.max_turns = max_turns
@@ -55,7 +59,7 @@ class TextEnv:
         if self.done:
             raise RuntimeError("step() called on a finished episode; call reset() first")
         if action is None:
-            reward, done, success = -self.invalid_penalty, False, False
+            reward, done, success = self.idle_reward - self.invalid_penalty, False, False
         elif action in self.actions:
             reward, done, success = self._move(action)
         else:

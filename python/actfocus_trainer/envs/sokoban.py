@@ -125,6 +125,7 @@ class Sokoban(TextEnv):
     """One-box Sokoban on generated levels; see the module docstring for rules and rewards."""
 
     name = "sokoban"
+    idle_reward = -0.1
     symbols = ("#", "_", ".", "$", "*", "@", "+", "|")
     instructions = ("You are playing Sokoban (@: you, $: box, .: target, *: box on target, #: wall). "
                     "Push the box onto the target. Reply <think> ... </think> <answer> Action "
@@ -145,7 +146,7 @@ class Sokoban(TextEnv):
     def _move(self, action: str) -> tuple[float, bool, bool]:
         move, target = MOVES[action], self.level.target
         nxt = _add(self.player, move)
-        reward = -0.1
+        reward = self.idle_reward
         if nxt in self.level.walls:
             return reward, False, False
         if nxt == self.box:
