@@ -14,7 +14,8 @@ token sweep, it measures:
   alike; scratch memory the extension takes outside torch's allocator (if any) is not seen;
 - effective bandwidth: the op's minimal bytes (``cases.Op.bytes_moved``) over the time, and its
   share of the device-copy bandwidth measured in the same run (a large ``copy_``, read + write);
-  linear ops: matrix-product TFLOP/s and the share of a large matmul measured in the same run;
+  linear ops: matrix-product TFLOP/s and the share of a large matmul measured in the same run
+  (both ceilings: the best of several repeats);
 - speed-up vs naive and vs the best peer at the same size, and ``check``: the relative error
   ``|x - naive| / |naive|`` of the variant's loss, gradient rows and per-token outputs (peers,
   whose loss differs, are checked against the same loss written in torch on fp32 log-probs).
@@ -32,7 +33,6 @@ import argparse
 import datetime
 import gc
 import json
-import math
 import os
 import platform
 import statistics
@@ -66,7 +66,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_time_s(fn, device: torch.device, repeats: int) -> float:
+def best_time_s(fn, device: torch.device, repeats: int) -> float:
+    """Shortest of ``repeats`` timed calls after one warm-up call: a ceiling is what the device can
+    do, so the best repeat is the estimate (the machine may be shared)."""
     fn()
     sync(device)
     samples = []
@@ -82,14 +84,14 @@ def median_time_s(fn, device: torch.device, repeats: int) -> float:
             begin = time.perf_counter()
             fn()
             samples.append(time.perf_counter() - begin)
-    return statistics.median(samples)
+    return min(samples)
 
 
 def copy_bandwidth(device: torch.device, size: int) -> float:
     """Bytes per second of a ``size``-byte device copy, counting the bytes read and the bytes written."""
     source = torch.randn(size // 4, device=device)
     target = torch.empty_like(source)
-    seconds = median_time_s(lambda: target.copy_(source), device, 10 if device.type == "cuda" else 5)
+    seconds = best_time_s(lambda: target.copy_(source), device, 10)
     return 2 * size / seconds
 
 
@@ -97,7 +99,7 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int) -> float:
     """Flop/s of an ``n x n`` by ``n x n`` matrix product on random data."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    seconds = median_time_s(lambda: a @ b, device, 10 if device.type == "cuda" else 3)
+    seconds = best_time_s(lambda: a @ b, device, 10 if device.type == "cuda" else 5)
     return 2 * n**3 / seconds
 
 
@@ -255,6 +257,7 @@ class Runner:
             "peers": {name: peers.version(name) for name in ("liger-kernel", "cut-cross-entropy")},
             "copy_bandwidth_Bps": copy_bandwidth(self.device, self.sizes.copy_bytes),
             "matmul_flops": matmul_rate(self.device, self.sizes.dtype, self.sizes.matmul_n),
+            "load_average_start": os.getloadavg()[0],
             "compile": self.compile_ok,
             "budget_s": self.budget_s,
             "ops": cases.available_ops(),
@@ -471,7 +474,7 @@ def main_table(rows: list[dict], op_name: str, point: tuple, meta: dict) -> list
         check = _fmt_error(row["check_error"]) + ("" if row["check_ok"] else " ✗")
         note = row["reason"]
         if row["family"] == "compile":
-            note = (note + "; " if note else "") + f"first call {row['first_call_s']:.0f} s"
+            note = (note + "; " if note else "") + f"first call {row['first_call_s']:.1f} s"
         lines.append(f"| {row['variant']} | {_fmt_time(row['time_ms'])} | {_fmt_amount(row['extra_bytes'] / scale)} | "
                      f"{rate} | "
                      f"{_fmt_ratio(row['speedup_vs_naive'])} | {_fmt_ratio(row['speedup_vs_best_peer'])} | "
@@ -569,7 +572,9 @@ def report(rows: list[dict], meta: dict) -> str:
              f"{', '.join(meta['native']['backends']) or 'none'}); peers: "
              + ", ".join(f"{name} {version or 'not importable'}" for name, version in meta["peers"].items()) + ".",
              f"Measured in this run: device copy {meta['copy_bandwidth_Bps'] / 1e9:.1f} GB/s (read + write), "
-             f"{meta['dtype']} matmul {meta['matmul_flops'] / 1e12:.3g} TFLOP/s. Commit {meta['commit']}.", "",
+             f"{meta['dtype']} matmul {meta['matmul_flops'] / 1e12:.3g} TFLOP/s. Commit {meta['commit']}. "
+             f"1-minute load average {meta['load_average_start']:.1f} at the start, "
+             f"{meta['load_average_end']:.1f} at the end ({meta['elapsed_s']:.0f} s).", "",
              f"Time: median of repeats after warm-up. Extra {unit}: peak allocated during one call above the "
              "inputs, gradients included. GB/s: the op's minimal bytes (logits read once, gradient written once) "
              "over the time. check: relative error against naive (peers: against the same loss in torch).", ""]
@@ -665,6 +670,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = list(runner.rows.values())
     enrich(rows, runner.meta)
     runner.meta["elapsed_s"] = runner.elapsed()
+    runner.meta["load_average_end"] = os.getloadavg()[0]
     runner.save()
     text = report(rows, runner.meta)
     (args.out / f"results_{device.type}_{sizes_name}.md").write_text(text)

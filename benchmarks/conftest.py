@@ -25,6 +25,11 @@ SIZES_NAME = os.environ.get("ACTFOCUS_BENCH_SIZES") or ("gpu" if DEVICE.type == 
 _INPUTS: dict[cases.Point, cases.Inputs] = {}
 
 
+def pytest_configure(config):
+    # raised from inside torch when torch.compile sets up; nothing here to act on
+    config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+
 def pytest_collect_file(file_path, parent):
     if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
         return pytest.Module.from_parent(parent, path=file_path)
