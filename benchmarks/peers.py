@@ -81,7 +81,8 @@ def cce_logp(hidden: Tensor, weight: Tensor, targets: Tensor, filter_eps: Option
     """``-linear_cross_entropy(hidden, weight, targets, reduction="none")``: per-token log-prob."""
     from cut_cross_entropy import linear_cross_entropy
 
-    return -linear_cross_entropy(hidden, weight, targets, reduction="none", filter_eps=filter_eps)
+    logp = -linear_cross_entropy(hidden, weight, targets, reduction="none", filter_eps=filter_eps)
+    return logp.view(targets.shape)
 
 
 def cce_policy_loss(hidden: Tensor, weight: Tensor, targets: Tensor, old_logp: Tensor, advantages: Tensor,
