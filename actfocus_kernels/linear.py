@@ -204,6 +204,7 @@ def _linear_setup(ctx, inputs, output):
     ctx.used = False
     ctx.save_for_backward(*output[-3:])
     ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # no zeros shaped like the unused gradient outputs
 
 
 def _linear_backward(ctx, grad_loss, *_):
@@ -218,7 +219,7 @@ def _linear_backward(ctx, grad_loss, *_):
     grads = []
     for name, needed, computed, grad in zip(("hidden", "weight", "bias"), ctx.needs_input_grad[:3], ctx.computed,
                                             ctx.saved_tensors):
-        if not needed:
+        if not needed or grad_loss is None:
             grads.append(None)
             continue
         if not computed:
