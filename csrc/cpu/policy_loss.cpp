@@ -1,12 +1,12 @@
 // actfocus_native::policy_loss on CPU: per row, the statistics pass, the token loss, then (when
 // dlogits is given) the gradient pass while the row is still in cache.
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cmath>
 
 #include "core/checks.h"
+#include "core/policy_loss_args.h"
 #include "core/token_loss.h"
 #include "cpu/token_row.h"
 #include "ops.h"
@@ -22,56 +22,33 @@ PolicyLossResult policy_loss_cpu(const at::Tensor& logits, const at::Tensor& tar
                                  double dual_clip, double kl_coef, int64_t kl_type,
                                  double entropy_coef, int64_t ignore_index,
                                  const std::optional<at::Tensor>& dlogits) {
-  checks::check_policy_loss(logits, targets_in, old_logp_in, advantages_in, ref_logp_in,
-                            weights_in, scale_in, temperature, kl_type, dlogits);
+  const PolicyLossArgs args =
+      policy_loss_args(logits, targets_in, old_logp_in, advantages_in, ref_logp_in, weights_in,
+                       scale_in, temperature, clip_low, clip_high, dual_clip, kl_coef, kl_type,
+                       entropy_coef, dlogits);
   const int64_t n = logits.size(0);
   const int64_t vocab = logits.size(1);
-  const at::Tensor targets = targets_in.contiguous();
-  checks::check_targets_in_range(targets, vocab, ignore_index);
-  const std::optional<at::Tensor> old_logp =
-      old_logp_in.has_value() ? std::optional<at::Tensor>(old_logp_in->contiguous()) : std::nullopt;
-  const std::optional<at::Tensor> ref_logp =
-      ref_logp_in.has_value() ? std::optional<at::Tensor>(ref_logp_in->contiguous()) : std::nullopt;
-  const at::Tensor advantages = advantages_in.contiguous();
-  const at::Tensor weights = weights_in.contiguous();
-  const at::Tensor scale = scale_in.contiguous();
-
-  const auto options = logits.options().dtype(at::kFloat);
-  at::Tensor token_loss = at::empty({n}, options);
-  at::Tensor logp = at::empty({n}, options);
-  at::Tensor energy = at::empty({n}, options);
-  at::Tensor entropy = at::empty({n}, options);
-  at::Tensor ratio = at::empty({n}, options);
-  at::Tensor clipped = at::empty({n}, logits.options().dtype(at::kBool));
-  if (n == 0) return {token_loss, logp, energy, entropy, ratio, clipped};
-
-  LossOptions loss_options;
-  loss_options.clip_low = static_cast<float>(clip_low);
-  loss_options.clip_high = static_cast<float>(clip_high);
-  loss_options.dual_clip = static_cast<float>(dual_clip);
-  loss_options.kl_coef = static_cast<float>(kl_coef);
-  loss_options.kl_type = static_cast<int>(kl_type);
-  loss_options.entropy_coef = static_cast<float>(entropy_coef);
-  loss_options.has_old_logp = old_logp.has_value();
-  loss_options.has_ref_logp = ref_logp.has_value();
+  checks::check_targets_in_range(args.targets, vocab, ignore_index);
+  if (n == 0) return args.result();
+  const LossOptions& loss_options = args.options;
 
   const cpu::RowKernels& kernels = cpu::row_kernels(checks::row_dtype(logits));
   const char* rows = static_cast<const char*>(logits.const_data_ptr());
   const int64_t row_bytes = logits.stride(0) * logits.element_size();
   char* grad_rows = dlogits.has_value() ? static_cast<char*>(dlogits->data_ptr()) : nullptr;
   const int64_t grad_row_bytes = dlogits.has_value() ? dlogits->stride(0) * dlogits->element_size() : 0;
-  const int64_t* target_values = targets.const_data_ptr<int64_t>();
-  const float* old_values = old_logp.has_value() ? old_logp->const_data_ptr<float>() : nullptr;
-  const float* ref_values = ref_logp.has_value() ? ref_logp->const_data_ptr<float>() : nullptr;
-  const float* advantage_values = advantages.const_data_ptr<float>();
-  const float* weight_values = weights.const_data_ptr<float>();
-  const float* scale_values = scale.const_data_ptr<float>();
-  float* token_loss_out = token_loss.data_ptr<float>();
-  float* logp_out = logp.data_ptr<float>();
-  float* energy_out = energy.data_ptr<float>();
-  float* entropy_out = entropy.data_ptr<float>();
-  float* ratio_out = ratio.data_ptr<float>();
-  bool* clipped_out = clipped.data_ptr<bool>();
+  const int64_t* target_values = args.targets.const_data_ptr<int64_t>();
+  const float* old_values = args.old_logp.has_value() ? args.old_logp->const_data_ptr<float>() : nullptr;
+  const float* ref_values = args.ref_logp.has_value() ? args.ref_logp->const_data_ptr<float>() : nullptr;
+  const float* advantage_values = args.advantages.const_data_ptr<float>();
+  const float* weight_values = args.weights.const_data_ptr<float>();
+  const float* scale_values = args.scale.const_data_ptr<float>();
+  float* token_loss_out = args.token_loss.data_ptr<float>();
+  float* logp_out = args.logp.data_ptr<float>();
+  float* energy_out = args.energy.data_ptr<float>();
+  float* entropy_out = args.entropy.data_ptr<float>();
+  float* ratio_out = args.ratio.data_ptr<float>();
+  bool* clipped_out = args.clipped.data_ptr<bool>();
   const float inv_temperature = static_cast<float>(1.0 / temperature);
   const float entropy_coef_f = loss_options.entropy_coef;
 
@@ -114,7 +91,7 @@ PolicyLossResult policy_loss_cpu(const at::Tensor& logits, const at::Tensor& tar
       }
     }
   });
-  return {token_loss, logp, energy, entropy, ratio, clipped};
+  return args.result();
 }
 
 }  // namespace actfocus
