@@ -46,6 +46,8 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
     run.add_argument("--reasoning-weight", type=float, default=d.reasoning_weight, help="ActFocus lambda")
     run.add_argument("--redistribution", type=float, default=d.redistribution, help="ActFocus gamma")
+    run.add_argument("--preserve-total", action="store_true",
+                     help="ActFocus: rescale each trajectory's weights to sum to its token count")
     run.add_argument("--model", default=None, help="local Hugging Face causal LM directory")
     run.add_argument("--device", default=d.device)
     run.add_argument("--backend", default=d.backend, choices=("auto", "reference", "cpu", "cuda", "triton"))
@@ -80,8 +82,6 @@ def cmd_compare(args) -> None:
 
 
 def cmd_diagnose(args) -> None:
-    from actfocus_kernels import ActFocusConfig
-
     from .diagnostics import diagnose
     from .policy import load_policy
     from .tokenizer import WordTokenizer
@@ -94,9 +94,7 @@ def cmd_diagnose(args) -> None:
     generator = torch.Generator().manual_seed(cfg.seed)
     seeds = [EVAL_SEED_OFFSET + i for i in range(args.prompts)]
     report = diagnose(policy, tokenizer, lambda s, g: rollouts(policy, tokenizer, cfg, s, g, generator),
-                      seeds, args.group_size, cfg.context,
-                      ActFocusConfig(reasoning_weight=cfg.reasoning_weight, redistribution=cfg.redistribution),
-                      cfg.backend)
+                      seeds, args.group_size, cfg.context, cfg.actfocus_config(), cfg.backend)
     print(f"{report['episodes']} rollouts ({args.prompts} prompts x {args.group_size}), success "
           f"{100 * report['success']:.1f}%, prompts with reward spread: {report['prompts_with_reward_spread']}")
     print("| weights | tokens | token share | share of ‖dz‖ | mean ‖dz‖ | corr(‖dz‖, reward var) "

@@ -55,6 +55,7 @@ class TrainConfig:
     backend: str = "auto"
     reasoning_weight: float = 0.5
     redistribution: float = 1.0
+    preserve_total: bool = False
 
     @property
     def label(self) -> str:
@@ -64,8 +65,11 @@ class TrainConfig:
         return AlgoConfig(algo=self.algo, actfocus=self.actfocus, epochs=self.epochs,
                           minibatches=self.minibatches, lr=self.lr, backend=self.backend,
                           loss=PolicyLossConfig(agg=self.agg, temperature=self.temperature),
-                          actfocus_cfg=ActFocusConfig(reasoning_weight=self.reasoning_weight,
-                                                      redistribution=self.redistribution))
+                          actfocus_cfg=self.actfocus_config())
+
+    def actfocus_config(self) -> ActFocusConfig:
+        return ActFocusConfig(reasoning_weight=self.reasoning_weight, redistribution=self.redistribution,
+                              preserve_total=self.preserve_total)
 
 
 @dataclass
@@ -149,7 +153,7 @@ def train(cfg: TrainConfig, policy=None, tokenizer=None, out_dir: str | Path | N
     device = next(policy.parameters()).device
     initial = evaluate(policy, tokenizer, cfg)
     records = []
-    bar = tqdm(range(1, cfg.steps + 1), desc=cfg.label, disable=not progress, leave=False)
+    bar = tqdm(range(1, cfg.steps + 1), desc=f"{cfg.label} seed {cfg.seed}", disable=not progress, leave=False)
     for step in bar:
         group_size = cfg.group_size if cfg.algo == "grpo" else 1
         count = cfg.prompts if cfg.algo == "grpo" else cfg.prompts * cfg.group_size

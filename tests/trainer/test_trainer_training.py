@@ -23,7 +23,9 @@ TINY = ["--steps", "2", "--prompts", "2", "--group-size", "2", "--warmstart-step
 
 
 def test_cli_train_compare_diagnose(tmp_path, capsys):
-    main(["train", "--algo", "ppo", "--actfocus", "--out", str(tmp_path / "train"), *TINY])
+    main(["train", "--algo", "ppo", "--actfocus", "--preserve-total", "--out", str(tmp_path / "train"), *TINY])
+    config = json.loads((tmp_path / "train" / "config.json").read_text())["config"]
+    assert (config["algo"], config["actfocus"], config["preserve_total"]) == ("ppo", True, True)
     records = [json.loads(line) for line in (tmp_path / "train" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
     assert {"success", "return", "clip_frac", "entropy", "energy_action", "energy_reasoning"} <= set(records[0])
