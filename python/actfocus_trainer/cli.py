@@ -53,14 +53,16 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--backend", default=d.backend, choices=("auto", "reference", "cpu", "cuda", "triton"))
     run.add_argument("--threads", type=int, default=1,
                      help="CPU threads for torch (the built-in model is too small to gain from more)")
-    run.add_argument("--out", default=None, help="output directory (default runs/<command>-<env>)")
+    run.add_argument("--out", default=None,
+                     help="output directory (default under runs/); for diagnose, a JSON file for the report")
     run.add_argument("--no-progress", action="store_true")
 
 
-def config_from(args, **overrides) -> TrainConfig:
+def config_from(args) -> TrainConfig:
+    """The ``TrainConfig`` whose fields the parsed flags name (defaults for the rest)."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
-    return TrainConfig(**{**values, "env_kwargs": env_kwargs(args), **overrides})
+    return TrainConfig(**values, env_kwargs=env_kwargs(args))
 
 
 def cmd_train(args) -> None:
@@ -75,8 +77,10 @@ def cmd_train(args) -> None:
 def cmd_compare(args) -> None:
     base = config_from(args)
     out = Path(args.out or f"runs/compare-{args.env}")
-    seeds = list(range(args.seeds))
-    summary = run_compare(base, args.algos.split(","), seeds, out, progress=not args.no_progress)
+    algos = args.algos.split(",")
+    if not set(algos) <= {"grpo", "ppo"}:
+        raise SystemExit(f"--algos takes grpo and/or ppo, got {args.algos!r}")
+    summary = run_compare(base, algos, list(range(args.seeds)), out, progress=not args.no_progress)
     print(format_table(summary))
     print(f"\nplot: {summary['plot']}   summary: {out / 'compare.json'}")
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import statistics
 import time
 from pathlib import Path
+
+import torch
 
 from .plots import plot_runs
 from .train import TrainConfig, prepare_policy, resolve_device, train
@@ -44,11 +47,10 @@ def run_compare(base: TrainConfig, algos: list[str], seeds: list[int], out_dir: 
 
 
 def describe_device(name: str) -> str:
+    """``"<GPU name>"`` or ``"<n>-core CPU"`` for the table's header."""
     device = resolve_device(name)
     if device.type == "cuda":
-        import torch
         return torch.cuda.get_device_name(device)
-    import os
     return f"{os.cpu_count()}-core CPU"
 
 
