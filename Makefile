@@ -1,6 +1,7 @@
 # make test  — create .venv if absent, install what the tests need, build + install the package,
 #              compile the CUDA sources (when nvcc exists), run the test suite (what CI runs)
-# make demo  — a short CPU run that shows the ops at work
+# make demo  — the reference trainer's default comparison (GRPO vs GRPO+ActFocus on FrozenLake, CPU)
+# make ops-demo — a short CPU tour of the ops (statistics, weights, loss, naive-vs-fused timing)
 # make bench — the CPU benchmark suite and its comparison table
 VENV ?= .venv
 PYTHON ?= python3
@@ -9,7 +10,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.deps-installed
 SOURCES := $(shell find csrc -type f 2>/dev/null) setup.py
 
-.PHONY: test demo bench install deps cuda-compile clean
+.PHONY: test demo ops-demo bench install deps cuda-compile clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,9 @@ test: install
 	$(PY) -m pytest -q tests
 
 demo: install
+	$(PY) -m actfocus_trainer compare --env frozenlake
+
+ops-demo: install
 	$(PY) scripts/ops_demo.py
 
 bench: install
