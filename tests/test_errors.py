@@ -84,8 +84,9 @@ def test_backend_availability(monkeypatch):
         token_stats(logits, targets, backend="cuda")
 
 
-def test_float64_only_for_reference():
-    logits, targets = torch.randn(2, 7, dtype=torch.float64), torch.zeros(2, dtype=torch.long)
+def test_float64_only_for_reference(device):
+    logits = torch.randn(2, 7, dtype=torch.float64, device=device)
+    targets = torch.zeros(2, dtype=torch.long, device=device)
     assert token_stats(logits, targets, backend="reference").logp.dtype == torch.float32
     with pytest.raises(TypeError, match="not supported by backend 'triton'"):
         token_stats(logits, targets, backend="triton")

@@ -11,7 +11,7 @@ def row_args(batch, backend, compute_grad=None):
     n, vocab = batch["targets"].numel(), batch["logits"].shape[-1]
     mask = batch["loss_mask"].reshape(-1)
     args = [batch["logits"].reshape(n, vocab), batch["targets"].reshape(-1), batch["old_logp"].reshape(-1),
-            batch["advantages"].reshape(-1), batch["ref_logp"].reshape(-1), torch.ones(n), mask / mask.sum(),
+            batch["advantages"].reshape(-1), batch["ref_logp"].reshape(-1), torch.ones_like(mask), mask / mask.sum(),
             0.9, 0.2, 0.28, 3.0, 0.1, 3, 0.01, -100]
     return args + ([compute_grad] if compute_grad is not None else []) + [backend]
 
