@@ -1,5 +1,6 @@
 """End to end: a short seeded run learns, and the CLI commands run and write their outputs."""
 import json
+import sys
 
 import pytest
 
@@ -46,11 +47,7 @@ def test_cli_train_compare_diagnose(tmp_path, capsys):
     assert set(report["vanilla"]) == set(report["actfocus"]) == {"action", "reasoning"}
 
 
-def test_model_flag_without_transformers_is_a_clear_error(tmp_path):
-    try:
-        import transformers  # noqa: F401
-        pytest.skip("transformers is installed")
-    except ImportError:
-        pass
+def test_model_flag_without_transformers_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
     with pytest.raises(SystemExit, match="transformers"):
         main(["train", "--model", str(tmp_path), *TINY])
