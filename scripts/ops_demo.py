@@ -1,5 +1,5 @@
 """A short CPU tour of the ops: statistics, ActFocus weights, the fused loss, and a naive-vs-fused
-timing. Run by ``make demo`` until the reference trainer takes over that command."""
+timing. Run by ``make ops-demo``."""
 import time
 
 import torch
