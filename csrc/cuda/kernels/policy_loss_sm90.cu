@@ -67,13 +67,7 @@ __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const Row
   const bool has_tail_element = rank == cluster_size - 1 && tail_start + threadIdx.x < vocab;
 
   // the target's logit, read before the first cluster barrier: no CTA writes before it
-  const int64_t target = params.targets[row];
-  const bool has_target = target != params.ignore_index;
-  const bool target_in_range = target >= 0 && target < vocab;
-  float target_logit = 0.0f;
-  if (threadIdx.x == 0 && has_target) {
-    target_logit = target_in_range ? IO::load(logits + target) : __int_as_float(0x7fc00000);
-  }
+  const RowTarget target = read_target(logits, params.targets[row], params.ignore_index, vocab);
 
   // the slice: global -> shared memory, with its online softmax state
   RowState state = empty_state();
@@ -117,9 +111,9 @@ __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const Row
 
   // the token: every CTA computes the same loss; rank 0 writes the per-token outputs
   if (threadIdx.x == 0) {
-    const TokenStatistics stats = token_statistics(total, has_target, target_logit, params.temperature);
+    const TokenStatistics stats = token_statistics(total, target.counts, target.logit, params.temperature);
     TokenInputs inputs;
-    inputs.has_target = has_target;
+    inputs.has_target = target.counts;
     inputs.scale = params.scale[row];
     inputs.old_logp = params.old_logp != nullptr ? params.old_logp[row] : 0.0f;
     inputs.advantage = params.advantages[row];
@@ -136,7 +130,7 @@ __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const Row
     }
     shared_coef = loss.coef;
     shared_grad_scale = static_cast<float>(inputs.scale / params.temperature);
-    shared_active = has_target && inputs.scale != 0.0f;
+    shared_active = target.counts && inputs.scale != 0.0f;
   }
   __syncthreads();
 
@@ -152,7 +146,7 @@ __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const Row
     g.grad_scale = shared_grad_scale;
     g.entropy_ln2 = params.loss.entropy_coef * kLn2;
     g.coef = shared_coef;
-    g.target = has_target && target_in_range ? target : -1;
+    g.target = target.onehot;
     for (int64_t j = threadIdx.x; j < count; j += kClusterThreads) {
       float z[kVec];
       float values[kVec];

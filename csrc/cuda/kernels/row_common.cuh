@@ -199,6 +199,29 @@ __device__ __forceinline__ RowState block_reduce(RowState state, float k, RowSta
   return scratch[kMaxWarps];
 }
 
+// The row's target: whether it counts (not ignore_index), its one-hot index in the gradient (-1
+// for none) and its raw logit, read by thread 0 only (0 in the other threads). An out-of-range
+// target (the API rejects them) gives a NaN logit and no one-hot term, never an out-of-bounds read.
+struct RowTarget {
+  bool counts;
+  int64_t onehot;
+  float logit;
+};
+
+template <typename T>
+__device__ __forceinline__ RowTarget read_target(const T* logits, int64_t target, int64_t ignore_index,
+                                                 int64_t vocab) {
+  const bool in_range = target >= 0 && target < vocab;
+  RowTarget out;
+  out.counts = target != ignore_index;
+  out.onehot = out.counts && in_range ? target : -1;
+  out.logit = 0.0f;
+  if (threadIdx.x == 0 && out.counts) {
+    out.logit = in_range ? VecIO<T>::load(logits + target) : __int_as_float(0x7fc00000);
+  }
+  return out;
+}
+
 // The token's statistics from the row's state, the per-row scalars in float64 like the reference
 // (logp keeps the accuracy of the fp32 sum for the ratio of a loss that nearly cancels).
 struct TokenStatistics {

@@ -35,14 +35,7 @@ __global__ void __launch_bounds__(kGenericMaxThreads) generic_rows_kernel(const 
   const int64_t stride = static_cast<int64_t>(blockDim.x) * kGenericUnroll;
 
   // the target's logit, read before any gradient is written (dlogits may be logits)
-  const int64_t target = params.targets[row];
-  const bool has_target = target != params.ignore_index;
-  const bool target_in_range = target >= 0 && target < vocab;
-  float target_logit = 0.0f;
-  if (threadIdx.x == 0 && has_target) {
-    // an out-of-range target (the API rejects them) gives NaN, never an out-of-bounds read
-    target_logit = target_in_range ? IO::load(logits + target) : __int_as_float(0x7fc00000);
-  }
+  const RowTarget target = read_target(logits, params.targets[row], params.ignore_index, vocab);
 
   // pass 1: online softmax state
   RowState state = empty_state();
@@ -74,13 +67,13 @@ __global__ void __launch_bounds__(kGenericMaxThreads) generic_rows_kernel(const 
 
   // the token: statistics (and loss) by thread 0
   if (threadIdx.x == 0) {
-    const TokenStatistics stats = token_statistics(state, has_target, target_logit, params.temperature);
+    const TokenStatistics stats = token_statistics(state, target.counts, target.logit, params.temperature);
     params.logp[row] = static_cast<float>(stats.logp);
     params.energy[row] = stats.energy;
     params.entropy[row] = stats.entropy;
     if constexpr (kLoss) {
       TokenInputs inputs;
-      inputs.has_target = has_target;
+      inputs.has_target = target.counts;
       inputs.scale = params.scale[row];
       inputs.old_logp = params.old_logp != nullptr ? params.old_logp[row] : 0.0f;
       inputs.advantage = params.advantages[row];
@@ -92,7 +85,7 @@ __global__ void __launch_bounds__(kGenericMaxThreads) generic_rows_kernel(const 
       params.clipped[row] = loss.clipped;
       shared_coef = loss.coef;
       shared_grad_scale = static_cast<float>(inputs.scale / params.temperature);
-      shared_active = has_target && inputs.scale != 0.0f;
+      shared_active = target.counts && inputs.scale != 0.0f;
     }
   }
   if constexpr (kLoss) {
@@ -111,7 +104,7 @@ __global__ void __launch_bounds__(kGenericMaxThreads) generic_rows_kernel(const 
     g.grad_scale = shared_active ? shared_grad_scale : 0.0f;
     g.entropy_ln2 = shared_active ? params.loss.entropy_coef * kLn2 : 0.0f;
     g.coef = shared_active ? shared_coef : 0.0f;
-    g.target = has_target && target_in_range ? target : -1;
+    g.target = target.onehot;
     const bool active = shared_active;
 
     if (threadIdx.x < head) {
