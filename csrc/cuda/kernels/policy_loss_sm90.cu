@@ -112,13 +112,7 @@ __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const Row
   // the token: every CTA computes the same loss; rank 0 writes the per-token outputs
   if (threadIdx.x == 0) {
     const TokenStatistics stats = token_statistics(total, target.counts, target.logit, params.temperature);
-    TokenInputs inputs;
-    inputs.has_target = target.counts;
-    inputs.scale = params.scale[row];
-    inputs.old_logp = params.old_logp != nullptr ? params.old_logp[row] : 0.0f;
-    inputs.advantage = params.advantages[row];
-    inputs.ref_logp = params.ref_logp != nullptr ? params.ref_logp[row] : 0.0f;
-    inputs.weight = params.weights[row];
+    const TokenInputs inputs = read_token_inputs(params, row, target.counts);
     const TokenLoss loss = token_loss(stats.logp, stats.entropy, inputs, params.loss);
     if (rank == 0) {
       params.logp[row] = static_cast<float>(stats.logp);

@@ -17,6 +17,8 @@
 #include <cstring>
 
 #include "core/row_dtype.h"
+#include "core/token_loss.h"
+#include "cuda/kernels/launch.h"
 
 namespace actfocus::cuda {
 
@@ -220,6 +222,18 @@ __device__ __forceinline__ RowTarget read_target(const T* logits, int64_t target
     out.logit = in_range ? VecIO<T>::load(logits + target) : __int_as_float(0x7fc00000);
   }
   return out;
+}
+
+// The detached per-token inputs of the loss for one row (absent old/ref log-probs read as 0).
+__device__ __forceinline__ TokenInputs read_token_inputs(const RowParams& params, int64_t row, bool has_target) {
+  TokenInputs inputs;
+  inputs.has_target = has_target;
+  inputs.scale = params.scale[row];
+  inputs.old_logp = params.old_logp != nullptr ? params.old_logp[row] : 0.0f;
+  inputs.advantage = params.advantages[row];
+  inputs.ref_logp = params.ref_logp != nullptr ? params.ref_logp[row] : 0.0f;
+  inputs.weight = params.weights[row];
+  return inputs;
 }
 
 // The token's statistics from the row's state, the per-row scalars in float64 like the reference

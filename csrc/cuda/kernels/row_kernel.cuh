@@ -72,13 +72,7 @@ __global__ void __launch_bounds__(kGenericMaxThreads) generic_rows_kernel(const 
     params.energy[row] = stats.energy;
     params.entropy[row] = stats.entropy;
     if constexpr (kLoss) {
-      TokenInputs inputs;
-      inputs.has_target = target.counts;
-      inputs.scale = params.scale[row];
-      inputs.old_logp = params.old_logp != nullptr ? params.old_logp[row] : 0.0f;
-      inputs.advantage = params.advantages[row];
-      inputs.ref_logp = params.ref_logp != nullptr ? params.ref_logp[row] : 0.0f;
-      inputs.weight = params.weights[row];
+      const TokenInputs inputs = read_token_inputs(params, row, target.counts);
       const TokenLoss loss = token_loss(stats.logp, stats.entropy, inputs, params.loss);
       params.token_loss[row] = loss.loss;
       params.ratio[row] = loss.ratio;
