@@ -16,9 +16,7 @@ import torch
 from torch import Tensor
 
 from actfocus_kernels import ActFocusConfig, PolicyLossConfig
-
-RATIO_LOG_CLAMP = 20.0
-STD_EPS = 1e-6
+from actfocus_kernels.constants import RATIO_LOG_CLAMP, STD_EPS
 
 
 class NaiveLossOutput(NamedTuple):

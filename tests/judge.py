@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from actfocus_kernels import ActFocusConfig, PolicyLossConfig
+from actfocus_kernels.constants import RATIO_LOG_CLAMP, STD_EPS
 
 
 def judge_stats(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, ignore_index: int = -100):
@@ -50,7 +51,7 @@ def judge_policy_loss(
     old = logp_f.detach() if old_logp is None else old_logp.double().reshape(-1)
     w = torch.ones_like(logp_f) if weights is None else weights.double().reshape(-1)
     mask = (loss_mask.reshape(-1) != 0) & (targets.reshape(-1) != cfg.ignore_index)
-    ratio = torch.exp(torch.clamp(logp_f - old, -20, 20))
+    ratio = torch.exp(torch.clamp(logp_f - old, -RATIO_LOG_CLAMP, RATIO_LOG_CLAMP))
     pg = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - cfg.clip_low, 1 + cfg.clip_high))
     if cfg.dual_clip is not None:
         pg = torch.where(adv < 0, torch.minimum(pg, -adv * cfg.dual_clip), pg)
@@ -94,7 +95,7 @@ def judge_weights(uncertainty, loss_mask, action_mask, cfg: ActFocusConfig, scop
             w[i] = cfg.reasoning_weight
         if act:
             ua = u[act]
-            e = (ua - ua.mean()) / (ua.std(unbiased=False) + 1e-6) if len(act) >= 2 else torch.zeros_like(ua)
+            e = (ua - ua.mean()) / (ua.std(unbiased=False) + STD_EPS) if len(act) >= 2 else torch.zeros_like(ua)
             q = torch.softmax(e / cfg.energy_temperature, 0)
             for j, i in enumerate(act):
                 w[i] = min(cfg.max_weight, cfg.action_weight * (1 + cfg.redistribution * (len(act) * q[j].item() - 1)))

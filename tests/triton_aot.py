@@ -17,7 +17,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from actfocus_kernels.triton.launch import row_launch_config
-from actfocus_kernels.triton.policy_loss import RATIO_LOG_CLAMP, _policy_loss_kernel
+from actfocus_kernels.constants import RATIO_LOG_CLAMP
+from actfocus_kernels.triton.policy_loss import _policy_loss_kernel
 from actfocus_kernels.triton.token_stats import _token_stats_kernel
 
 VOCAB = 151936

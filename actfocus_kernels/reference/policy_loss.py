@@ -15,9 +15,8 @@ from typing import Optional
 
 import torch
 
+from ..constants import RATIO_LOG_CLAMP
 from .token_stats import compute_dtype, row_statistics
-
-RATIO_LOG_CLAMP = 20.0
 
 
 def surrogate(

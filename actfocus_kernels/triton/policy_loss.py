@@ -10,10 +10,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..constants import RATIO_LOG_CLAMP
 from .launch import device_guard, row_launch_config
 from .row_stats import row_softmax_stats, target_logit
-
-RATIO_LOG_CLAMP = 20.0
 
 
 @triton.jit
