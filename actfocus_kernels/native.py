@@ -1,6 +1,9 @@
 """The optional C++/CUDA extension ``actfocus_kernels._C`` (ops in namespace ``actfocus_native``).
 
 The package works without it (reference and Triton backends); ``has_backend`` says what was built.
+An extension that exists but fails to import (ABI mismatch, missing library) is not silent: its
+error is kept and shown by ``build_info()["load_error"]`` and by every "backend not available"
+message (``missing_reason``).
 When it is built, this module registers the fake (meta) implementations of the ``actfocus_native``
 ops, mirroring the C++ argument checks (csrc/core/checks.h) with ``torch._check``, so the ops trace
 under ``torch.compile`` and pass ``torch.library.opcheck``.
@@ -15,14 +18,19 @@ along V) and per-token ``[N]`` tensors (``targets`` int64, the rest float32)::
 """
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Optional
 
 import torch
 
 try:
     from . import _C
-except ImportError:  # extension not built
+
+    LOAD_ERROR: Optional[str] = None
+except ImportError as error:  # not built, or built but not loadable here
     _C = None
+    LOAD_ERROR = (f"actfocus_kernels._C exists but failed to import: {type(error).__name__}: {error}"
+                  if importlib.util.find_spec(f"{__package__}._C") is not None else None)
 
 LOGITS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -36,13 +44,23 @@ def has_backend(name: str) -> bool:
     return name in BUILT_BACKENDS
 
 
+def missing_reason(name: str) -> str:
+    """Why backend ``name`` is not available: the extension's import error, or how it was built."""
+    if LOAD_ERROR is not None:
+        return LOAD_ERROR
+    if _C is None:
+        return "the actfocus_kernels C++ extension is not built (pip install . builds it)"
+    return f"the actfocus_kernels extension was built without it (built: {sorted(BUILT_BACKENDS)})"
+
+
 def build_info() -> dict[str, Any]:
     """What the extension contains: ``backends`` (e.g. ``["cpu", "cuda"]``; empty when not built),
-    ``cuda_version`` (``"13.0"`` or None), ``archs`` (e.g. ``["sm_80", "sm_90a"]``) and
-    ``cpu_capability`` (``"avx2"`` or ``"default"``, the CPU kernels chosen at run time)."""
+    ``cuda_version`` (``"13.0"`` or None), ``archs`` (e.g. ``["sm_80", "sm_90a"]``),
+    ``cpu_capability`` (``"avx2"`` or ``"default"``, the CPU kernels chosen at run time) and
+    ``load_error`` (None, or why an extension that exists failed to import)."""
     if _C is None:
-        return {"backends": [], "cuda_version": None, "archs": [], "cpu_capability": None}
-    return dict(_C.build_info())
+        return {"backends": [], "cuda_version": None, "archs": [], "cpu_capability": None, "load_error": LOAD_ERROR}
+    return {**_C.build_info(), "load_error": None}
 
 
 def _check_logits(logits: torch.Tensor, name: str = "logits") -> None:

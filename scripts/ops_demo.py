@@ -38,7 +38,7 @@ def main():
     stats = ak.token_stats(logits, targets)
     old_logp = stats.logp + 0.05 * torch.randn(batch, length)
     weights = ak.actfocus_weights(stats, loss_mask, action_mask, ak.ActFocusConfig())
-    print(f"backend auto on CPU -> {ak.api.resolve_backend('auto', logits.device)}")
+    print(f"backend auto on CPU -> {ak.backends.resolve_backend('auto', logits.device)}")
     print(f"energy: action tokens {stats.energy[action_mask.bool()].mean():.3f}, "
           f"reasoning tokens {stats.energy[~action_mask.bool()].mean():.3f}")
     print(f"ActFocus weights, sequence 0, last 10 tokens: {[round(w, 2) for w in weights[0, -10:].tolist()]}")

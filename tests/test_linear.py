@@ -25,7 +25,7 @@ from actfocus_kernels import (
     policy_loss,
     token_stats,
 )
-from actfocus_kernels.linear import CPU_CHUNK_BYTES, REFERENCE_WORKSPACE_BYTES, ROW_ALIGN, chunk_rows
+from actfocus_kernels.ops.linear import CPU_CHUNK_BYTES, REFERENCE_WORKSPACE_BYTES, ROW_ALIGN, chunk_rows
 from judge import judge_policy_loss, judge_stats, make_batch
 from tolerances import GRAD_RTOL, OUTPUT_RTOL, assert_rel_close
 
@@ -300,26 +300,7 @@ def test_empty_and_all_masked_batches(backend, device):
     assert out.loss == 0 and all(torch.all(g == 0) for g in grads.values())
 
 
-def test_opcheck_linear_policy_loss(backend, device):
-    data = linear_batch(1, 6, 24, 40, device=device, seed=11)
-    n = 6
-    mask = data["loss_mask"].reshape(-1)
-    row_args = [data["targets"].reshape(-1), data["old_logp"].reshape(-1), data["advantages"].reshape(-1),
-                data["ref_logp"].reshape(-1), torch.rand(n, device=device) + 0.5, mask / mask.sum(),
-                0.9, 0.2, 0.28, 3.0, 0.1, 3, 0.01, -100]
-    for need in ((True, True, True), (False, True, False)):
-        inputs = (data["hidden"].reshape(n, -1), data["weight"], data["bias"])
-        params = tuple(x.detach().clone().requires_grad_(flag) for x, flag in zip(inputs, need))
-        args = (*params, *row_args, 4, *need, backend)
-        torch.library.opcheck(torch.ops.actfocus.linear_policy_loss.default, args)
-
-
-def test_opcheck_linear_token_stats(backend, device):
-    data = linear_batch(1, 6, 24, 40, device=device, seed=12)
-    hidden, targets = data["hidden"].reshape(6, 24), data["targets"].reshape(-1)
-    for selected in (None, data["action_mask"].reshape(-1).bool()):
-        args = (hidden, data["weight"], data["bias"], targets, selected, 0.8, -100, 4, backend)
-        torch.library.opcheck(torch.ops.actfocus.linear_token_stats.default, args)
+# opcheck of the linear ops: tests/test_ops.py (samples in tests/samples.py)
 
 
 def test_torch_compile_fullgraph(backend, device):

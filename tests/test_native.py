@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from actfocus_kernels import native, reference
+from actfocus_kernels.contract import RowLossInputs
 from tolerances import GRAD_RTOL, OUTPUT_RTOL, assert_rel_close
 
 DEVICES = [name for name in ("cpu", "cuda") if native.has_backend(name)
@@ -62,17 +63,27 @@ LOSS_OPTIONS = {
 }
 
 
-def loss_args(rows, options, with_old=True, with_ref=True):
-    return (rows["targets"], rows["old_logp"] if with_old else None, rows["advantages"],
-            rows["ref_logp"] if with_ref else None, rows["weights"], rows["scale"], *options, IGNORE)
+OPTION_NAMES = ("temperature", "clip_low", "clip_high", "dual_clip", "kl_coef", "kl_type", "entropy_coef")
+
+
+def loss_inputs(rows, options, with_old=True, with_ref=True) -> RowLossInputs:
+    return RowLossInputs(
+        targets=rows["targets"], old_logp=rows["old_logp"] if with_old else None, advantages=rows["advantages"],
+        ref_logp=rows["ref_logp"] if with_ref else None, weights=rows["weights"], scale=rows["scale"],
+        **dict(zip(OPTION_NAMES, options)), ignore_index=IGNORE)
+
+
+def loss_kwargs(rows, options, with_old=True, with_ref=True):
+    """The named arguments of ``actfocus_native::policy_loss`` after the logits (the row contract)."""
+    return loss_inputs(rows, options, with_old, with_ref).as_kwargs()
 
 
 def judge(rows, options, with_old=True, with_ref=True):
     """The float64 reference: (outputs, dlogits)."""
     logits = rows["logits"].double().cpu()
-    args = [a.cpu() if isinstance(a, torch.Tensor) else a for a in loss_args(rows, options, with_old, with_ref)]
+    inputs = loss_inputs({k: v.cpu() for k, v in rows.items()}, options, with_old, with_ref)
     dlogits = torch.empty_like(logits)
-    outputs = reference.policy_loss(logits, *args, dlogits)
+    outputs = reference.policy_loss(logits, inputs, dlogits)
     return outputs, dlogits
 
 
@@ -116,7 +127,7 @@ def test_policy_loss_matches_reference(device, dtype, name):
     rows = make_rows(12, 1000, dtype, device, seed=len(name))
     options = LOSS_OPTIONS[name]
     dlogits = torch.full_like(rows["logits"], float("nan"))
-    outputs = ops().policy_loss(rows["logits"], *loss_args(rows, options), dlogits)
+    outputs = ops().policy_loss(rows["logits"], **loss_kwargs(rows, options), dlogits=dlogits)
     expected, expected_dlogits = judge(rows, options)
     check_outputs(outputs, expected, dtype, dlogits, expected_dlogits)
     # inactive (scale 0, NaN inputs) and ignored rows: exactly zero gradient, ratio 1, not clipped
@@ -130,7 +141,7 @@ def test_optional_inputs(device, with_old, with_ref):
     rows = make_rows(10, 500, torch.float32, device, seed=3)
     options = LOSS_OPTIONS["k3-entropy-T"]
     dlogits = torch.empty_like(rows["logits"])
-    outputs = ops().policy_loss(rows["logits"], *loss_args(rows, options, with_old, with_ref), dlogits)
+    outputs = ops().policy_loss(rows["logits"], **loss_kwargs(rows, options, with_old, with_ref), dlogits=dlogits)
     expected, expected_dlogits = judge(rows, options, with_old, with_ref)
     check_outputs(outputs, expected, torch.float32, dlogits, expected_dlogits)
     if not with_old:
@@ -145,12 +156,12 @@ def test_inplace_gradient_and_row_stride(device, dtype):
     expected, expected_dlogits = judge(rows, options)
     logits = rows["logits"]
     assert logits.stride(0) == 1040
-    outputs = ops().policy_loss(logits, *loss_args(rows, options), logits)
+    outputs = ops().policy_loss(logits, **loss_kwargs(rows, options), dlogits=logits)
     check_outputs(outputs, expected, dtype, logits, expected_dlogits)
     # a separate, contiguous gradient buffer for strided logits
     rows = make_rows(8, 999, dtype, device, seed=5, row_stride=1040)
     dlogits = torch.empty(8, 999, dtype=dtype, device=device)
-    outputs = ops().policy_loss(rows["logits"], *loss_args(rows, options), dlogits)
+    outputs = ops().policy_loss(rows["logits"], **loss_kwargs(rows, options), dlogits=dlogits)
     check_outputs(outputs, expected, dtype, dlogits, expected_dlogits)
 
 
@@ -169,7 +180,7 @@ def test_extreme_logits(device):
     rows = {name: value.to(device) for name, value in rows.items()}
     options = LOSS_OPTIONS["k3-entropy-T"]
     dlogits = torch.empty_like(rows["logits"])
-    outputs = ops().policy_loss(rows["logits"], *loss_args(rows, options), dlogits)
+    outputs = ops().policy_loss(rows["logits"], **loss_kwargs(rows, options), dlogits=dlogits)
     expected, expected_dlogits = judge(rows, options)
     assert all(torch.isfinite(value[torch.isfinite(ref)]).all() for value, ref in zip(outputs[:5], expected[:5]))
     assert torch.isfinite(dlogits).all()
@@ -182,8 +193,10 @@ def test_empty_batch(device):
     targets = torch.empty(0, dtype=torch.int64, device=device)
     logp, energy, entropy = ops().token_stats(logits, targets, 1.0, IGNORE)
     assert logp.shape == energy.shape == entropy.shape == (0,)
-    outputs = ops().policy_loss(logits, targets, empty, empty, None, empty, empty, 1.0, 0.2, 0.2, 0.0, 0.0, 3, 0.0,
-                                IGNORE, torch.empty_like(logits))
+    outputs = ops().policy_loss(logits, targets=targets, old_logp=empty, advantages=empty, ref_logp=None,
+                                weights=empty, scale=empty, temperature=1.0, clip_low=0.2, clip_high=0.2, dual_clip=0.0,
+                                kl_coef=0.0, kl_type=3, entropy_coef=0.0, ignore_index=IGNORE,
+                                dlogits=torch.empty_like(logits))
     assert [o.shape for o in outputs] == [(0,)] * 6
 
 
@@ -212,37 +225,21 @@ def test_default_and_avx2_kernels_agree(tmp_path):
     assert_rel_close(grad_default, grad_best, GRAD_RTOL[torch.float32])
 
 
-# --- opcheck: schema, fake (meta) implementation, dispatch and aot_autograd ------------------------
-
-def opcheck_cases(device):
-    rows = make_rows(6, 64, torch.float32, device, seed=1)
-    options = LOSS_OPTIONS["k3-entropy-T"]
-    half = make_rows(6, 64, torch.bfloat16, device, seed=2)
-    yield ops().token_stats, (rows["logits"], rows["targets"], 0.9, IGNORE)
-    yield ops().token_stats, (half["logits"], half["targets"], 1.0, IGNORE)
-    yield ops().policy_loss, (rows["logits"], *loss_args(rows, options), None)
-    yield ops().policy_loss, (rows["logits"], *loss_args(rows, options), torch.empty_like(rows["logits"]))
-    yield ops().policy_loss, (half["logits"], *loss_args(half, options, False, False), torch.empty_like(half["logits"]))
-
-
-def test_opcheck(device):
-    for op, args in opcheck_cases(device):
-        torch.library.opcheck(op, args)
-
+# opcheck and torch.compile of the actfocus_native ops: tests/test_ops.py, samples in tests/samples.py
 
 def test_compile_fullgraph(device):
     rows = make_rows(6, 64, torch.float32, device, seed=1)
     options = LOSS_OPTIONS["plain"]
 
-    def step(logits, *args):
+    def step(logits, kwargs):
         dlogits = torch.empty_like(logits)
-        token_loss, logp, energy, entropy, ratio, clipped = ops().policy_loss(logits, *args, dlogits)
+        token_loss, logp, energy, entropy, ratio, clipped = ops().policy_loss(logits, **kwargs, dlogits=dlogits)
         return token_loss.sum(), dlogits
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    args = loss_args(rows, options)
-    expected = step(rows["logits"], *args)
-    result = compiled(rows["logits"], *args)
+    kwargs = loss_kwargs(rows, options)
+    expected = step(rows["logits"], kwargs)
+    result = compiled(rows["logits"], kwargs)
     assert torch.equal(result[0], expected[0]) and torch.equal(result[1], expected[1])
 
 
@@ -251,18 +248,10 @@ def test_compile_fullgraph(device):
 def bad_calls(device):
     rows = make_rows(4, 32, torch.float32, device)
     z, y = rows["logits"], rows["targets"]
-    args = loss_args(rows, LOSS_OPTIONS["plain"])
-
     def loss(**changes):
-        names = ("targets", "old_logp", "advantages", "ref_logp", "weights", "scale")
-        values = dict(zip(names, args[:6]))
-        logits = changes.pop("logits", z)
-        dlogits = changes.pop("dlogits", None)
-        kl_type = changes.pop("kl_type", 3)
-        temperature = changes.pop("temperature", 1.0)
-        values.update(changes)
-        return lambda: ops().policy_loss(logits, *values.values(), temperature, 0.2, 0.2, 0.0, 0.0, kl_type, 0.0,
-                                         IGNORE, dlogits)
+        values = {**loss_kwargs(rows, LOSS_OPTIONS["plain"]), "dlogits": None, **changes}
+        logits = values.pop("logits", z)
+        return lambda: ops().policy_loss(logits, **values)
 
     yield "2-D", lambda: ops().token_stats(z[None], y, 1.0, IGNORE)
     yield "float32, float16 or bfloat16", lambda: ops().token_stats(z.double(), y, 1.0, IGNORE)
@@ -305,4 +294,4 @@ def test_out_of_range_target_is_value_error(target):
     with pytest.raises(ValueError, match=f"target {target} at position 1"):
         ops().token_stats(rows["logits"], rows["targets"], 1.0, IGNORE)
     with pytest.raises(ValueError, match=f"target {target} at position 1"):
-        ops().policy_loss(rows["logits"], *loss_args(rows, LOSS_OPTIONS["plain"]), None)
+        ops().policy_loss(rows["logits"], **loss_kwargs(rows, LOSS_OPTIONS["plain"]), dlogits=None)

@@ -1,52 +1,63 @@
-"""The ``actfocus`` custom ops: ``torch.library.opcheck`` and ``torch.compile(fullgraph=True)``."""
+"""Every registered op (``tests/samples.py``): ``torch.library.opcheck`` and
+``torch.compile(fullgraph=True)`` against eager, plus the public functions under both compilers."""
 import pytest
 import torch
+from torch.utils._pytree import tree_map
 
-import actfocus_kernels.ops  # noqa: F401  (registers the ops)
-from actfocus_kernels import ActFocusConfig, PolicyLossConfig, policy_loss, token_stats
+import actfocus_kernels  # noqa: F401  (registers the ops)
+from actfocus_kernels import ActFocusConfig, PolicyLossConfig, native, policy_loss, token_stats
+from conftest import BACKENDS, DEVICE
 from judge import make_batch
+from samples import NATIVE_PREFIX, SAMPLES, op_of, registered_ops
 
 
-def row_args(batch, backend, compute_grad=None):
-    n, vocab = batch["targets"].numel(), batch["logits"].shape[-1]
-    mask = batch["loss_mask"].reshape(-1)
-    args = [batch["logits"].reshape(n, vocab), batch["targets"].reshape(-1), batch["old_logp"].reshape(-1),
-            batch["advantages"].reshape(-1), batch["ref_logp"].reshape(-1), torch.ones_like(mask), mask / mask.sum(),
-            0.9, 0.2, 0.28, 3.0, 0.1, 3, 0.01, -100]
-    return args + ([compute_grad] if compute_grad is not None else []) + [backend]
+def op_cases():
+    for qualname in SAMPLES:
+        if qualname.startswith(NATIVE_PREFIX):
+            if native.has_backend(DEVICE.type):
+                yield pytest.param(qualname, DEVICE.type, id=f"{qualname}")
+        else:
+            for backend in BACKENDS:
+                yield pytest.param(qualname, backend, id=f"{qualname}-{backend}")
 
 
-def test_opcheck_token_stats(backend, device):
-    batch = make_batch(2, 3, 64, device=device)
-    args = (batch["logits"].reshape(6, 64), batch["targets"].reshape(-1), 0.8, -100, backend)
-    torch.library.opcheck(torch.ops.actfocus.token_stats.default, args)
+def test_every_registered_op_has_samples():
+    missing = set(registered_ops()) - set(SAMPLES)
+    assert not missing, f"registered ops without samples in tests/samples.py: {sorted(missing)}"
+    assert set(SAMPLES) <= set(registered_ops()) | {name for name in SAMPLES if name.startswith(NATIVE_PREFIX)
+                                                    and not native.BUILT_BACKENDS}
 
 
-@pytest.mark.parametrize("compute_grad", [True, False])
-def test_opcheck_policy_loss(backend, device, compute_grad):
-    batch = make_batch(2, 3, 64, device=device)
-    args = row_args(batch, backend, compute_grad)
-    if compute_grad:
-        args[0] = args[0].detach().requires_grad_(True)
-    # the gradient is an exact closed form, not a numerical derivative of the op: skip gradcheck
-    tests = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
-    torch.library.opcheck(torch.ops.actfocus.policy_loss.default, tuple(args), test_utils=tests)
+@pytest.mark.parametrize("qualname,backend", list(op_cases()))
+def test_opcheck(qualname, backend):
+    for sample in SAMPLES[qualname](DEVICE, backend):
+        torch.library.opcheck(op_of(qualname), sample.args, sample.kwargs, test_utils=sample.checks)
 
 
-def test_opcheck_policy_loss_inplace(backend, device):
-    batch = make_batch(2, 3, 64, device=device)
-    args = row_args(batch, backend)
-    args[0] = args[0].clone()
-    torch.library.opcheck(torch.ops.actfocus.policy_loss_inplace.default, tuple(args),
-                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+def _fresh(value):
+    """A copy of a sample argument (mutating ops write into theirs), keeping ``requires_grad``."""
+    return value.detach().clone().requires_grad_(value.requires_grad) if isinstance(value, torch.Tensor) else value
 
 
-def test_opcheck_weights(device):
-    batch = make_batch(2, 5, 16, device=device)
-    args = (torch.randn(10, device=device), batch["loss_mask"].reshape(-1).bool(),
-            batch["action_mask"].reshape(-1).bool(), torch.arange(2, device=device).repeat_interleave(5),
-            batch["turn_ids"].reshape(-1), 0.5, 1.0, 1.0, 1.0, 5.0, True)
-    torch.library.opcheck(torch.ops.actfocus.actfocus_weights.default, args)
+def _assert_same(compiled, eager):
+    for got, expected in zip(torch.utils._pytree.tree_leaves(compiled), torch.utils._pytree.tree_leaves(eager)):
+        if isinstance(expected, torch.Tensor):
+            assert got.shape == expected.shape and got.dtype == expected.dtype
+            assert torch.allclose(got, expected, rtol=1e-6, atol=1e-9, equal_nan=True)
+
+
+@pytest.mark.parametrize("qualname,backend", list(op_cases()))
+def test_torch_compile_fullgraph(qualname, backend):
+    op = op_of(qualname)
+    torch._dynamo.reset()  # one code object compiled for every op: start each from a clean cache
+    compiled = torch.compile(lambda *args, **kwargs: op(*args, **kwargs), fullgraph=True, backend="aot_eager")
+    for sample in SAMPLES[qualname](DEVICE, backend):
+        eager_args, eager_kwargs = tree_map(_fresh, (sample.args, sample.kwargs))
+        compiled_args, compiled_kwargs = tree_map(_fresh, (sample.args, sample.kwargs))
+        expected = op(*eager_args, **eager_kwargs)
+        result = compiled(*compiled_args, **compiled_kwargs)
+        _assert_same(result, expected)
+        _assert_same((compiled_args, compiled_kwargs), (eager_args, eager_kwargs))  # mutated buffers too
 
 
 def check_compiled_step(backend, device, compiler):
@@ -72,16 +83,16 @@ def check_compiled_step(backend, device, compiler):
     assert torch.allclose(compiled_logits.grad, eager_logits.grad, rtol=1e-6, atol=1e-9)
 
 
-def test_torch_compile_fullgraph(backend, device):
+def test_policy_loss_compiles_fullgraph(backend, device):
     check_compiled_step(backend, device, "aot_eager")
 
 
-def test_torch_compile_inductor(device):
+def test_policy_loss_compiles_with_inductor(device):
     # one inductor build (~15 s on 2 cores) is enough: the ops are opaque to it whatever the backend
     check_compiled_step("reference", device, "inductor")
 
 
-def test_torch_compile_token_stats(device):
+def test_token_stats_compiles_fullgraph(device):
     batch = make_batch(2, 4, 64, device=device)
     compiled = torch.compile(lambda z: token_stats(z, batch["targets"]).energy, fullgraph=True, backend="aot_eager")
     assert torch.equal(compiled(batch["logits"]), token_stats(batch["logits"], batch["targets"]).energy)

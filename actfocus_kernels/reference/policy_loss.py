@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from ..constants import RATIO_LOG_CLAMP
+from ..contract import RowLossInputs, RowLossOutputs
 from .token_stats import compute_dtype, row_statistics
 
 
@@ -58,52 +59,36 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kl_type: int) -> tupl
     return torch.exp(-diff) + diff - 1.0, 1.0 - torch.exp(-diff)
 
 
-def policy_loss(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    old_logp: Optional[torch.Tensor],
-    advantages: torch.Tensor,
-    ref_logp: Optional[torch.Tensor],
-    weights: torch.Tensor,
-    scale: torch.Tensor,
-    temperature: float,
-    clip_low: float,
-    clip_high: float,
-    dual_clip: float,
-    kl_coef: float,
-    kl_type: int,
-    entropy_coef: float,
-    ignore_index: int,
-    dlogits: Optional[torch.Tensor],
-) -> tuple[torch.Tensor, ...]:
-    """Rows ``logits [N, V]``; per-token ``[N]`` inputs -> ``(token_loss, logp, energy, entropy,
-    ratio, clipped)`` with ``token_loss = scale * (w L_pg + kl_coef KL - entropy_coef H)``, exactly 0
-    on inactive rows (``scale == 0`` or ``target == ignore_index``), whose inputs may hold anything
+def policy_loss(logits: torch.Tensor, inputs: RowLossInputs, dlogits: Optional[torch.Tensor]) -> RowLossOutputs:
+    """Rows ``logits [N, V]`` and their ``RowLossInputs`` -> ``RowLossOutputs`` with
+    ``token_loss = scale * (w L_pg + kl_coef KL - entropy_coef H)``, exactly 0 on inactive rows (``scale == 0`` or ``target == ignore_index``), whose inputs may hold anything
     and whose ratio is reported as 1 (not clipped).
     When ``dlogits`` is given it receives ``d sum(token_loss) / d logits`` (zero on inactive rows).
     """
     # per-token scalars in float64 (see row_statistics); outputs in the compute dtype
-    active = (scale != 0) & (targets != ignore_index)
+    targets, temperature, entropy_coef, kl_coef = inputs.targets, inputs.temperature, inputs.entropy_coef, inputs.kl_coef
+    active = (inputs.scale != 0) & (targets != inputs.ignore_index)
 
     def on_active(values: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return None if values is None else torch.where(active, values.double(), 0.0)
 
-    logp, energy, entropy = row_statistics(logits, targets, temperature, ignore_index)
+    logp, energy, entropy = row_statistics(logits, targets, temperature, inputs.ignore_index)
     dtype = energy.dtype
     pg_loss, d_pg, ratio, clipped = surrogate(
-        logp, on_active(old_logp), on_active(advantages), clip_low, clip_high, dual_clip
+        logp, on_active(inputs.old_logp), on_active(inputs.advantages), inputs.clip_low, inputs.clip_high,
+        inputs.dual_clip,
     )
-    weight = on_active(weights)
+    weight = on_active(inputs.weights)
     loss, coeff = weight * pg_loss - entropy_coef * entropy.double(), weight * d_pg
-    if kl_coef > 0 and ref_logp is not None:
-        kl, d_kl = kl_penalty(logp, on_active(ref_logp), kl_type)
+    if kl_coef > 0 and inputs.ref_logp is not None:
+        kl, d_kl = kl_penalty(logp, on_active(inputs.ref_logp), inputs.kl_type)
         loss, coeff = loss + kl_coef * kl, coeff + kl_coef * d_kl
-    token_loss = torch.where(active, on_active(scale) * loss, 0.0)
+    scale = on_active(inputs.scale)
+    token_loss = torch.where(active, scale * loss, 0.0)
     if dlogits is not None:
-        dlogits.copy_(_row_gradient(logits, targets, temperature, entropy_coef, on_active(scale).to(dtype),
-                                    coeff.to(dtype), active))
+        dlogits.copy_(_row_gradient(logits, targets, temperature, entropy_coef, scale.to(dtype), coeff.to(dtype), active))
     per_token = (token_loss, logp, energy, entropy, torch.where(active, ratio, 1.0))
-    return tuple(x.to(dtype) for x in per_token) + (clipped & active,)
+    return RowLossOutputs(*(x.to(dtype) for x in per_token), clipped & active)
 
 
 def _row_gradient(logits, targets, temperature, entropy_coef, scale, coeff, active) -> torch.Tensor:

@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from ..constants import RATIO_LOG_CLAMP
+from ..contract import RowLossInputs, RowLossOutputs
 from .launch import device_guard, row_launch_config
 from .row_stats import row_softmax_stats, target_logit
 
@@ -102,29 +103,26 @@ def _policy_loss_kernel(
             tl.store(out_ptr + offs, (grad_scale * grad).to(dlogits_ptr.dtype.element_ty), mask=in_vocab)
 
 
-def policy_loss(
-    logits, targets, old_logp, advantages, ref_logp, weights, scale,
-    temperature, clip_low, clip_high, dual_clip, kl_coef, kl_type, entropy_coef, ignore_index, dlogits,
-):
+def policy_loss(logits: torch.Tensor, inputs: RowLossInputs, dlogits) -> RowLossOutputs:
     """Row-level contract of ``actfocus_kernels.reference.policy_loss`` on Triton."""
     n_rows, vocab = logits.shape
     device = logits.device
     token_loss, logp, energy, entropy, ratio = (torch.empty(n_rows, dtype=torch.float32, device=device) for _ in range(5))
     clipped = torch.empty(n_rows, dtype=torch.int8, device=device)
     if n_rows > 0:
-        has_kl = kl_coef > 0 and ref_logp is not None
+        has_kl = inputs.kl_coef > 0 and inputs.ref_logp is not None
         block_v, num_warps = row_launch_config(vocab, logits.element_size())
         with device_guard(logits):
             _policy_loss_kernel[(n_rows,)](
-                logits, targets, old_logp if old_logp is not None else logits,
-                advantages, ref_logp if has_kl else logits, weights, scale,
+                logits, inputs.targets, inputs.old_logp if inputs.old_logp is not None else logits,
+                inputs.advantages, inputs.ref_logp if has_kl else logits, inputs.weights, inputs.scale,
                 token_loss, logp, energy, entropy, ratio, clipped,
                 dlogits if dlogits is not None else logits,
                 logits.stride(0), dlogits.stride(0) if dlogits is not None else 0,
-                float(temperature), float(clip_low), float(clip_high), float(dual_clip),
-                float(kl_coef), float(entropy_coef), int(ignore_index),
-                V=vocab, BLOCK_V=block_v, HAS_OLD_LOGP=old_logp is not None, HAS_KL=has_kl,
-                KL_TYPE=int(kl_type), HAS_DUAL_CLIP=dual_clip > 1.0, HAS_ENTROPY=entropy_coef != 0,
+                float(inputs.temperature), float(inputs.clip_low), float(inputs.clip_high), float(inputs.dual_clip),
+                float(inputs.kl_coef), float(inputs.entropy_coef), int(inputs.ignore_index),
+                V=vocab, BLOCK_V=block_v, HAS_OLD_LOGP=inputs.old_logp is not None, HAS_KL=has_kl,
+                KL_TYPE=int(inputs.kl_type), HAS_DUAL_CLIP=inputs.dual_clip > 1.0, HAS_ENTROPY=inputs.entropy_coef != 0,
                 WRITE_GRAD=dlogits is not None, LOG_CLAMP=RATIO_LOG_CLAMP, num_warps=num_warps,
             )
-    return token_loss, logp, energy, entropy, ratio, clipped.bool()
+    return RowLossOutputs(token_loss, logp, energy, entropy, ratio, clipped.bool())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .constants import STD_EPS
+from ..constants import STD_EPS
 
 
 def _per_scope(values: torch.Tensor, scope_ids: torch.Tensor, num_scopes: int) -> torch.Tensor:

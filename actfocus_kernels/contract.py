@@ -1,0 +1,99 @@
+"""The row contract: the typed records that carry a policy loss's per-row inputs and outputs from
+the public functions through the ``actfocus`` ops to every backend's kernels (SPEC section 4).
+
+On rows ``logits [N, V]`` (unit stride along V) the public functions fold the aggregation mode into
+a per-token ``scale = d loss / d token_loss``, so that ``loss = sum_t token_loss_t`` with
+
+    token_loss_t = scale_t (w_t L_pg,t + kl_coef KL_t - entropy_coef H_t),
+
+and every backend implements ``policy_loss(logits, RowLossInputs, dlogits?) -> RowLossOutputs``.
+The op schemas are generated from the record's fields (``RowLossInputs.schema()``), and the op
+glue rebuilds the record from the op's named arguments (``RowLossInputs.from_named``), so no
+argument ever travels by position.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Mapping, NamedTuple, Optional
+
+from torch import Tensor
+
+KL_TYPE_IDS = {"k1": 1, "k2": 2, "k3": 3}
+
+
+@dataclass(frozen=True)
+class RowLossInputs:
+    """Per-row inputs of the fused policy loss: ``[N]`` tensors (``targets`` int64, the rest
+    float32; ``old_logp=None`` is on-policy, ``ref_logp=None`` no KL) and the scalar parameters.
+    ``dual_clip <= 1`` is off; ``kl_type`` is 1 (k1), 2 (k2) or 3 (k3), see ``KL_TYPE_IDS``."""
+
+    targets: Tensor
+    old_logp: Optional[Tensor]
+    advantages: Tensor
+    ref_logp: Optional[Tensor]
+    weights: Tensor
+    scale: Tensor
+    temperature: float
+    clip_low: float
+    clip_high: float
+    dual_clip: float
+    kl_coef: float
+    kl_type: int
+    entropy_coef: float
+    ignore_index: int
+
+    @classmethod
+    def schema(cls) -> str:
+        """The fields as ``torch.library`` schema arguments, e.g. ``"Tensor targets, Tensor? old_logp, ..."``."""
+        hints = typing.get_type_hints(cls)
+        return ", ".join(f"{_SCHEMA_TYPES[hints[f.name]]} {f.name}" for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_named(cls, named: Mapping[str, Any]) -> "RowLossInputs":
+        """The record from an op's arguments by name (extra names, e.g. ``logits``, are ignored)."""
+        return cls(**{f.name: named[f.name] for f in dataclasses.fields(cls)})
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The fields as keyword arguments of an op whose schema embeds ``schema()``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def take(self, rows) -> "RowLossInputs":
+        """The record of a subset of rows (a slice or an index tensor): per-token tensors indexed."""
+        return dataclasses.replace(self, **{
+            f.name: getattr(self, f.name)[rows] for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), Tensor)
+        })
+
+
+class RowLossOutputs(NamedTuple):
+    """Per-row outputs of the fused policy loss, ``[N]``: fp32 ``token_loss`` (0 on inactive rows),
+    ``logp``, ``energy``, ``entropy``, ``ratio`` (1 on inactive rows) and bool ``clipped``."""
+
+    token_loss: Tensor
+    logp: Tensor
+    energy: Tensor
+    entropy: Tensor
+    ratio: Tensor
+    clipped: Tensor
+
+
+class LossOpOutputs(NamedTuple):
+    """What the policy-loss ops return before any gradient output: the summed fp32 ``loss`` and
+    the per-row outputs of ``RowLossOutputs`` other than ``token_loss``."""
+
+    loss: Tensor
+    logp: Tensor
+    energy: Tensor
+    entropy: Tensor
+    ratio: Tensor
+    clipped: Tensor
+
+    @classmethod
+    def schema(cls) -> str:
+        """The outputs as ``torch.library`` schema returns: ``"Tensor loss, Tensor logp, ..."``."""
+        return ", ".join(f"Tensor {name}" for name in cls._fields)
+
+
+_SCHEMA_TYPES = {Tensor: "Tensor", Optional[Tensor]: "Tensor?", float: "float", int: "int", bool: "bool", str: "str"}
