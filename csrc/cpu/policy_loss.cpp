@@ -5,10 +5,10 @@
 
 #include <cmath>
 
-#include "core/checks.h"
-#include "core/policy_loss_args.h"
 #include "core/token_loss.h"
 #include "cpu/token_row.h"
+#include "glue/checks.h"
+#include "glue/row_args.h"
 #include "ops.h"
 
 namespace actfocus {
@@ -28,7 +28,7 @@ PolicyLossResult policy_loss_cpu(const at::Tensor& logits, const at::Tensor& tar
                        entropy_coef, dlogits);
   const int64_t n = logits.size(0);
   const int64_t vocab = logits.size(1);
-  checks::check_targets_in_range(args.targets, vocab, ignore_index);
+  checks::check_targets_in_range(args.rows.targets, vocab, ignore_index);
   if (n == 0) return args.result();
   const LossOptions& loss_options = args.options;
 
@@ -37,16 +37,16 @@ PolicyLossResult policy_loss_cpu(const at::Tensor& logits, const at::Tensor& tar
   const int64_t row_bytes = logits.stride(0) * logits.element_size();
   char* grad_rows = dlogits.has_value() ? static_cast<char*>(dlogits->data_ptr()) : nullptr;
   const int64_t grad_row_bytes = dlogits.has_value() ? dlogits->stride(0) * dlogits->element_size() : 0;
-  const int64_t* target_values = args.targets.const_data_ptr<int64_t>();
+  const int64_t* target_values = args.rows.targets.const_data_ptr<int64_t>();
   const float* old_values = args.old_logp.has_value() ? args.old_logp->const_data_ptr<float>() : nullptr;
   const float* ref_values = args.ref_logp.has_value() ? args.ref_logp->const_data_ptr<float>() : nullptr;
   const float* advantage_values = args.advantages.const_data_ptr<float>();
   const float* weight_values = args.weights.const_data_ptr<float>();
   const float* scale_values = args.scale.const_data_ptr<float>();
   float* token_loss_out = args.token_loss.data_ptr<float>();
-  float* logp_out = args.logp.data_ptr<float>();
-  float* energy_out = args.energy.data_ptr<float>();
-  float* entropy_out = args.entropy.data_ptr<float>();
+  float* logp_out = args.rows.logp.data_ptr<float>();
+  float* energy_out = args.rows.energy.data_ptr<float>();
+  float* entropy_out = args.rows.entropy.data_ptr<float>();
   float* ratio_out = args.ratio.data_ptr<float>();
   bool* clipped_out = args.clipped.data_ptr<bool>();
   const float inv_temperature = static_cast<float>(1.0 / temperature);

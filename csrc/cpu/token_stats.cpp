@@ -1,35 +1,29 @@
 // actfocus_native::token_stats on CPU: OpenMP over rows, each row read by the vectorised row kernels.
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "core/checks.h"
 #include "cpu/token_row.h"
+#include "glue/checks.h"
+#include "glue/row_args.h"
 #include "ops.h"
 
 namespace actfocus {
 
 TokenStatsResult token_stats_cpu(const at::Tensor& logits, const at::Tensor& targets_in,
                                  double temperature, int64_t ignore_index) {
-  checks::check_token_stats(logits, targets_in, temperature);
+  const TokenStatsArgs args = token_stats_args(logits, targets_in, temperature);
   const int64_t n = logits.size(0);
   const int64_t vocab = logits.size(1);
-  const at::Tensor targets = targets_in.contiguous();
-  checks::check_targets_in_range(targets, vocab, ignore_index);
-
-  const auto options = logits.options().dtype(at::kFloat);
-  at::Tensor logp = at::empty({n}, options);
-  at::Tensor energy = at::empty({n}, options);
-  at::Tensor entropy = at::empty({n}, options);
-  if (n == 0) return {logp, energy, entropy};
+  checks::check_targets_in_range(args.targets, vocab, ignore_index);
+  if (n == 0) return args.result();
 
   const cpu::RowKernels& kernels = cpu::row_kernels(checks::row_dtype(logits));
   const char* rows = static_cast<const char*>(logits.const_data_ptr());
   const int64_t row_bytes = logits.stride(0) * logits.element_size();
-  const int64_t* target_values = targets.const_data_ptr<int64_t>();
-  float* logp_out = logp.data_ptr<float>();
-  float* energy_out = energy.data_ptr<float>();
-  float* entropy_out = entropy.data_ptr<float>();
+  const int64_t* target_values = args.targets.const_data_ptr<int64_t>();
+  float* logp_out = args.logp.data_ptr<float>();
+  float* energy_out = args.energy.data_ptr<float>();
+  float* entropy_out = args.entropy.data_ptr<float>();
   const float inv_temperature = static_cast<float>(1.0 / temperature);
 
   at::parallel_for(0, n, cpu::rows_per_task(vocab), [&](int64_t begin, int64_t end) {
@@ -42,7 +36,7 @@ TokenStatsResult token_stats_cpu(const at::Tensor& logits, const at::Tensor& tar
       entropy_out[row] = stats.entropy;
     }
   });
-  return {logp, energy, entropy};
+  return args.result();
 }
 
 }  // namespace actfocus

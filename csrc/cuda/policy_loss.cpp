@@ -6,9 +6,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "core/policy_loss_args.h"
 #include "cuda/kernels/launch.h"
 #include "cuda/row_params.h"
+#include "glue/row_args.h"
 #include "ops.h"
 
 namespace actfocus {
@@ -23,27 +23,14 @@ PolicyLossResult policy_loss_cuda(const at::Tensor& logits, const at::Tensor& ta
                                   double entropy_coef, int64_t ignore_index,
                                   const std::optional<at::Tensor>& dlogits) {
   const c10::cuda::CUDAGuard device_guard(logits.device());
-  PolicyLossArgs args =
+  const PolicyLossArgs args =
       policy_loss_args(logits, targets_in, old_logp_in, advantages_in, ref_logp_in, weights_in,
                        scale_in, temperature, clip_low, clip_high, dual_clip, kl_coef, kl_type,
                        entropy_coef, dlogits);
   if (logits.size(0) == 0) return args.result();
 
-  cuda::RowParams params = row_params(logits, args.targets, temperature, ignore_index, args.logp,
-                                      args.energy, args.entropy);
-  params.old_logp = args.old_logp.has_value() ? args.old_logp->const_data_ptr<float>() : nullptr;
-  params.advantages = args.advantages.const_data_ptr<float>();
-  params.ref_logp = args.ref_logp.has_value() ? args.ref_logp->const_data_ptr<float>() : nullptr;
-  params.weights = args.weights.const_data_ptr<float>();
-  params.scale = args.scale.const_data_ptr<float>();
-  params.token_loss = args.token_loss.data_ptr<float>();
-  params.ratio = args.ratio.data_ptr<float>();
-  params.clipped = args.clipped.data_ptr<bool>();
-  if (dlogits.has_value()) {
-    params.dlogits = dlogits->data_ptr();
-    params.dlogits_row_stride = dlogits->stride(0);
-  }
-  params.loss = args.options;
+  const cuda::RowParams params =
+      policy_loss_params(logits, args, temperature, ignore_index, dlogits);
   C10_CUDA_CHECK(cuda::launch_policy_loss(params, c10::cuda::getCurrentCUDAStream().stream()));
   return args.result();
 }

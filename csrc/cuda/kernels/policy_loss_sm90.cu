@@ -6,8 +6,9 @@
 // result in every CTA); every CTA then computes the token's loss coefficient and writes its
 // slice's gradient from shared memory. The logits are read once and the gradient written once.
 //
-// Built only for 9.0a (setup.py); compiled for another arch the kernel body is empty and the host
-// side never launches it (it checks the loaded binary's arch).
+// Built only when 9.0a is listed (setup.py); compiled for another arch of the same build (sm_80,
+// sm_100, sm_120, PTX) the kernel body is empty and the host side never launches it (it checks the
+// device and the loaded binary's arch): the cluster path is tuned and checked for sm_90 only.
 #include <cooperative_groups.h>
 
 #include "cuda/kernels/launch.h"
@@ -22,7 +23,7 @@ constexpr int kClusterThreads = 512;
 constexpr int kMaxClusterSize = 8;                     // the portable maximum
 constexpr int64_t kPreferredSliceBytes = 96 * 1024;    // two CTAs per SM
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
 constexpr int kLoadUnroll = 4;  // vectors in flight per thread
 
 __device__ __forceinline__ void cluster_arrive_release() {
@@ -39,7 +40,7 @@ __device__ __forceinline__ void cluster_wait_acquire() {
 template <typename T>
 __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const RowParams params,
                                                                       const int64_t slice_vectors) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
   using IO = VecIO<T>;
   constexpr int kVec = IO::kSize;
   extern __shared__ uint4 slice[];
@@ -183,7 +184,7 @@ cudaError_t launch_cluster_rows(const RowParams& params, cudaStream_t stream) {
     return cudaErrorNotSupported;
   }
 
-  // an sm_90+ device running this kernel's sm_90 binary (not the empty body of another arch)
+  // an sm_90 device running this kernel's sm_90 binary (not the empty body of another arch)
   int device = 0;
   int major = 0;
   int max_shared = 0;
@@ -194,7 +195,7 @@ cudaError_t launch_cluster_rows(const RowParams& params, cudaStream_t stream) {
       cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess) {
     return not_supported();
   }
-  if (major < 9 || attributes.binaryVersion < 90) return cudaErrorNotSupported;
+  if (major != 9 || attributes.binaryVersion != 90) return cudaErrorNotSupported;
 
   // the smallest cluster whose slices fit two CTAs per SM, else the largest that fits at all
   const int64_t vectors = params.vocab / kVec;

@@ -1,5 +1,5 @@
-// Torch glue shared by the CPU and CUDA policy_loss: the checked inputs made contiguous, the
-// per-token outputs allocated, and the loss options, so each backend only launches its kernels.
+// Argument records of the actfocus_native ops, shared by the CPU and CUDA glue: the checked inputs
+// made contiguous and the per-token outputs allocated, so each backend only runs its kernels.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -7,19 +7,47 @@
 
 #include <optional>
 
-#include "core/checks.h"
 #include "core/token_loss.h"
+#include "glue/checks.h"
 #include "ops.h"
 
 namespace actfocus {
 
+// An [N] output of the rows of logits, on their device.
+inline at::Tensor per_token_output(const at::Tensor& logits, at::ScalarType dtype = at::kFloat) {
+  return at::empty({logits.size(0)}, logits.options().dtype(dtype));
+}
+
+// token_stats: the targets and the statistics outputs (policy_loss writes them too).
+struct TokenStatsArgs {
+  at::Tensor targets;
+  at::Tensor logp, energy, entropy;  // [N] float32 outputs
+
+  TokenStatsResult result() const { return {logp, energy, entropy}; }
+};
+
+// The contiguous targets and the statistics outputs of checked rows.
+inline TokenStatsArgs token_stats_outputs(const at::Tensor& logits, const at::Tensor& targets) {
+  return {targets.contiguous(), per_token_output(logits), per_token_output(logits),
+          per_token_output(logits)};
+}
+
+inline TokenStatsArgs token_stats_args(const at::Tensor& logits, const at::Tensor& targets,
+                                       double temperature) {
+  checks::check_token_stats(logits, targets, temperature);
+  return token_stats_outputs(logits, targets);
+}
+
 struct PolicyLossArgs {
-  at::Tensor targets, advantages, weights, scale;
+  TokenStatsArgs rows;  // targets, logp, energy, entropy
+  at::Tensor advantages, weights, scale;
   std::optional<at::Tensor> old_logp, ref_logp;
-  at::Tensor token_loss, logp, energy, entropy, ratio, clipped;  // [N] outputs
+  at::Tensor token_loss, ratio, clipped;  // [N] outputs (clipped bool)
   LossOptions options;
 
-  PolicyLossResult result() const { return {token_loss, logp, energy, entropy, ratio, clipped}; }
+  PolicyLossResult result() const {
+    return {token_loss, rows.logp, rows.energy, rows.entropy, ratio, clipped};
+  }
 };
 
 inline std::optional<at::Tensor> contiguous(const std::optional<at::Tensor>& values) {
@@ -38,18 +66,15 @@ inline PolicyLossArgs policy_loss_args(const at::Tensor& logits, const at::Tenso
   checks::check_policy_loss(logits, targets, old_logp, advantages, ref_logp, weights, scale,
                             temperature, kl_type, dlogits);
   PolicyLossArgs args;
-  args.targets = targets.contiguous();
+  args.rows = token_stats_outputs(logits, targets);
   args.advantages = advantages.contiguous();
   args.weights = weights.contiguous();
   args.scale = scale.contiguous();
   args.old_logp = contiguous(old_logp);
   args.ref_logp = contiguous(ref_logp);
-  const int64_t n = logits.size(0);
-  const auto options = logits.options().dtype(at::kFloat);
-  for (at::Tensor* out : {&args.token_loss, &args.logp, &args.energy, &args.entropy, &args.ratio}) {
-    *out = at::empty({n}, options);
-  }
-  args.clipped = at::empty({n}, logits.options().dtype(at::kBool));
+  args.token_loss = per_token_output(logits);
+  args.ratio = per_token_output(logits);
+  args.clipped = per_token_output(logits, at::kBool);
   args.options.clip_low = static_cast<float>(clip_low);
   args.options.clip_high = static_cast<float>(clip_high);
   args.options.dual_clip = static_cast<float>(dual_clip);

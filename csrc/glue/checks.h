@@ -1,5 +1,6 @@
 // Argument checks of the actfocus_native ops, shared by the CPU and CUDA glue. Every failure is a
-// TORCH_CHECK (RuntimeError in Python; ValueError for out-of-range targets) naming the argument.
+// TORCH_CHECK (RuntimeError in Python; ValueError for out-of-range targets) naming the argument;
+// actfocus_kernels/native.py mirrors them in the ops' fakes.
 #pragma once
 
 #include <ATen/core/Tensor.h>
