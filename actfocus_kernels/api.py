@@ -10,7 +10,8 @@ from torch import Tensor
 
 from . import ops
 from .backends import resolve_backend
-from .config import ActFocusConfig, PolicyLossConfig, PolicyLossOutput, TokenStats
+from .config import (ActFocusConfig, PolicyLossConfig, PolicyLossOutput, TokenStats, check_ignore_index,
+                     check_temperature)
 from .contract import LossOpOutputs
 from .policy_rows import check_loss_configs, loss_inputs, loss_output, uncertainty_of, weights_on_rows
 from .rows import check, check_targets, flat_targets, flatten_rows, per_token
@@ -27,7 +28,8 @@ def token_stats(
     """
     check(isinstance(logits, Tensor), f"logits must be a torch.Tensor, got {type(logits).__name__}", TypeError)
     check(isinstance(targets, Tensor), f"targets must be a torch.Tensor, got {type(targets).__name__}", TypeError)
-    check(temperature > 0, f"temperature must be > 0, got {temperature}")
+    check_temperature("token_stats", temperature)
+    check_ignore_index("token_stats", ignore_index)
     check(logits.dim() >= 1, "logits must have a vocabulary dimension")
     batch_shape = tuple(logits.shape[:-1])
     check(tuple(targets.shape) == batch_shape, f"targets must have shape {batch_shape}, got {tuple(targets.shape)}")
@@ -62,8 +64,8 @@ def actfocus_weights(
     # A stand-in [.., 1] logits tensor gives the token structure without any vocabulary.
     rows = flatten_rows(uncertainty.new_zeros(shape + (1,), dtype=torch.float32),
                         uncertainty.new_zeros(shape, dtype=torch.int64), cu_seqlens, "reference")
-    mask = per_token("loss_mask", loss_mask, rows).bool()
-    action = per_token("action_mask", action_mask, rows).bool()
+    mask = per_token("loss_mask", loss_mask, rows) > 0
+    action = per_token("action_mask", action_mask, rows) > 0
     turns = per_token("turn_ids", turn_ids, rows)
     return weights_on_rows(uncertainty, mask, action, rows, turns, cfg).view(shape)
 

@@ -4,8 +4,10 @@ The field names of the two frozen config dataclasses are part of the public API.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 
@@ -16,9 +18,40 @@ SCOPES = ("sequence", "turn")
 SOURCES = ("old", "current")
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
+INT64_RANGE = (-(2 ** 63), 2 ** 63 - 1)
+
+
+def check_number(owner: str, name: str, value: Any, *, low: float = -math.inf, low_open: bool = False,
+                 integer: bool = False, optional: bool = False) -> None:
+    """``value`` must be a finite real number (an int when ``integer``) ``>= low`` (``> low`` when
+    ``low_open``), or None when ``optional``: else a ``TypeError`` / ``ValueError`` naming
+    ``owner.name`` and the value."""
+    if optional and value is None:
+        return
+    kind = "an int" if integer else "a finite number"
+    wanted = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, wanted):
+        raise TypeError(f"{owner}.{name} must be {kind}, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ValueError(f"{owner}.{name} must be finite, got {value!r}")
+    if integer and not INT64_RANGE[0] <= value <= INT64_RANGE[1]:
+        raise ValueError(f"{owner}.{name} must fit in int64, got {value!r}")
+    if value < low or (low_open and value == low):
+        raise ValueError(f"{owner}.{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+
+
+def check_choice(owner: str, name: str, value: Any, choices: tuple) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{owner}.{name} must be one of {choices}, got {value!r}")
+
+
+def check_temperature(owner: str, value: Any) -> None:
+    """Any finite float > 0 (SPEC section 2)."""
+    check_number(owner, "temperature", value, low=0.0, low_open=True)
+
+
+def check_ignore_index(owner: str, value: Any) -> None:
+    check_number(owner, "ignore_index", value, integer=True)
 
 
 @dataclass(frozen=True)
@@ -43,14 +76,18 @@ class PolicyLossConfig:
     ignore_index: int = -100
 
     def __post_init__(self) -> None:
-        _require(self.clip_low >= 0 and self.clip_high >= 0, "clip_low and clip_high must be >= 0")
-        _require(self.dual_clip is None or self.dual_clip > 1, f"dual_clip must be > 1, got {self.dual_clip}")
-        _require(self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}")
-        _require(self.kl_type in KL_TYPES, f"kl_type must be one of {KL_TYPES}, got {self.kl_type!r}")
-        _require(self.agg in AGG_MODES, f"agg must be one of {AGG_MODES}, got {self.agg!r}")
-        _require(self.norm_tokens is None or self.norm_tokens > 0, "norm_tokens must be > 0")
-        _require(self.norm_len is None or self.norm_len > 0, "norm_len must be > 0")
-        _require(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        owner = "PolicyLossConfig"
+        check_number(owner, "clip_low", self.clip_low, low=0.0)
+        check_number(owner, "clip_high", self.clip_high, low=0.0)
+        check_number(owner, "dual_clip", self.dual_clip, low=1.0, low_open=True, optional=True)
+        check_number(owner, "kl_coef", self.kl_coef, low=0.0)
+        check_choice(owner, "kl_type", self.kl_type, KL_TYPES)
+        check_number(owner, "entropy_coef", self.entropy_coef)
+        check_choice(owner, "agg", self.agg, AGG_MODES)
+        check_number(owner, "norm_tokens", self.norm_tokens, low=0.0, low_open=True, optional=True)
+        check_number(owner, "norm_len", self.norm_len, low=0, low_open=True, integer=True, optional=True)
+        check_temperature(owner, self.temperature)
+        check_ignore_index(owner, self.ignore_index)
 
 
 @dataclass(frozen=True)
@@ -72,13 +109,17 @@ class ActFocusConfig:
     source: str = "old"
 
     def __post_init__(self) -> None:
-        _require(self.reasoning_weight >= 0, "reasoning_weight must be >= 0")
-        _require(self.action_weight >= 0, "action_weight must be >= 0")
-        _require(self.energy_temperature > 0, "energy_temperature must be > 0")
-        _require(self.max_weight > 0, "max_weight must be > 0")
-        _require(self.uncertainty in UNCERTAINTIES, f"uncertainty must be one of {UNCERTAINTIES}")
-        _require(self.scope in SCOPES, f"scope must be one of {SCOPES}")
-        _require(self.source in SOURCES, f"source must be one of {SOURCES}")
+        owner = "ActFocusConfig"
+        check_number(owner, "reasoning_weight", self.reasoning_weight, low=0.0)
+        check_number(owner, "action_weight", self.action_weight, low=0.0)
+        check_number(owner, "redistribution", self.redistribution)
+        check_number(owner, "energy_temperature", self.energy_temperature, low=0.0, low_open=True)
+        check_number(owner, "max_weight", self.max_weight, low=0.0, low_open=True)
+        check_choice(owner, "uncertainty", self.uncertainty, UNCERTAINTIES)
+        check_choice(owner, "scope", self.scope, SCOPES)
+        if not isinstance(self.preserve_total, bool):
+            raise TypeError(f"{owner}.preserve_total must be a bool, got {self.preserve_total!r}")
+        check_choice(owner, "source", self.source, SOURCES)
 
 
 class TokenStats(NamedTuple):

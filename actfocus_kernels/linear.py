@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from .backends import resolve_backend
-from .config import ActFocusConfig, PolicyLossConfig, PolicyLossOutput, TokenStats
+from .config import (ActFocusConfig, PolicyLossConfig, PolicyLossOutput, TokenStats, check_ignore_index,
+                     check_temperature)
 from .contract import LossOpOutputs
 from .policy_rows import check_loss_configs, loss_inputs, loss_output
 from .rows import check, check_targets, flat_targets, flatten_rows
@@ -69,7 +70,8 @@ def linear_token_stats(
     the shapes and the free memory); the logits of a chunk are computed in the hidden dtype.
     """
     check(isinstance(targets, Tensor), f"targets must be a torch.Tensor, got {type(targets).__name__}", TypeError)
-    check(temperature > 0, f"temperature must be > 0, got {temperature}")
+    check_temperature("linear_token_stats", temperature)
+    check_ignore_index("linear_token_stats", ignore_index)
     vocab = _check_head(hidden, weight, bias)
     batch_shape = tuple(hidden.shape[:-1])
     check(tuple(targets.shape) == batch_shape, f"targets must have shape {batch_shape}, got {tuple(targets.shape)}")

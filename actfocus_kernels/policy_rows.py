@@ -42,29 +42,44 @@ def weights_on_rows(uncertainty: Tensor, mask: Tensor, action: Tensor, rows: Row
     )
 
 
-def loss_scale(mask: Tensor, rows: Rows, cfg: PolicyLossConfig) -> Tensor:
-    """``d loss / d l_t`` for the aggregation mode ``cfg.agg`` (SPEC section 4), zero off the mask."""
-    weight = mask.to(torch.float32)
+def mask_multiplier(loss_mask: Tensor, targets: Tensor, rows: Rows, ignore_index: int) -> Tensor:
+    """The loss mask as the fp32 multiplier ``m [N]`` (SPEC section 4: a token is active iff
+    ``m > 0`` and counts ``m`` in every sum), 0 where the target is ``ignore_index``."""
+    m = per_token("loss_mask", loss_mask, rows).to(torch.float32)
+    if not torch.compiler.is_compiling() and m.numel() > 0:
+        bad = ~(torch.isfinite(m) & (m >= 0))
+        if bool(bad.any()):
+            index = int(bad.nonzero()[0])
+            raise ValueError(f"loss_mask must be finite and >= 0 (a multiplier), got {float(m[index])} at flat "
+                             f"position {index}")
+    return torch.where(targets != ignore_index, m, 0.0)
+
+
+def loss_scale(m: Tensor, rows: Rows, cfg: PolicyLossConfig) -> Tensor:
+    """``d loss / d l_t`` for the aggregation mode ``cfg.agg`` (SPEC section 4) with mask multipliers
+    ``m``: zero off the mask, ``m`` times the mode's normaliser on it."""
     if cfg.agg == "token-mean":
-        denominator = cfg.norm_tokens if cfg.norm_tokens is not None else weight.sum().clamp(min=1.0)
-        return weight / denominator
+        denominator = cfg.norm_tokens if cfg.norm_tokens is not None else m.sum().clamp(min=1.0)
+        return m / denominator
     if cfg.agg == "seq-mean-token-mean":
-        per_seq = torch.zeros(rows.num_seqs, device=weight.device).index_add_(0, rows.seq_ids, weight)
+        per_seq = torch.zeros(rows.num_seqs, device=m.device).index_add_(0, rows.seq_ids, m)
         num_seqs = (per_seq > 0).sum().clamp(min=1)
-        return weight / (per_seq.clamp(min=1.0)[rows.seq_ids] * num_seqs)
+        return m / (torch.where(per_seq > 0, per_seq, 1.0)[rows.seq_ids] * num_seqs)
     if cfg.agg == "seq-mean-token-sum":
-        return weight / max(rows.num_seqs, 1)
+        return m / max(rows.num_seqs, 1)
     norm_len = cfg.norm_len if cfg.norm_len is not None else rows.padded_len
-    return weight / (max(rows.num_seqs, 1) * norm_len)
+    return m / (max(rows.num_seqs, 1) * norm_len)
 
 
 @dataclass
 class LossInputs:
-    """A policy loss's validated inputs on rows: the kernels' ``row`` record; ``mask`` is the loss
-    mask with ignored targets removed; ``action`` the action mask; ``old_logp`` as given (flat);
-    ``weights`` the token weights before masking."""
+    """A policy loss's validated inputs on rows: the kernels' ``row`` record; ``multiplier`` the
+    loss mask's fp32 values ``m`` with ignored targets zeroed, ``mask`` the active tokens ``m > 0``;
+    ``action`` the action mask; ``old_logp`` as given (flat); ``weights`` the token weights before
+    masking."""
 
     row: RowLossInputs
+    multiplier: Tensor
     mask: Tensor
     action: Tensor
     old_logp: Optional[Tensor]
@@ -88,9 +103,10 @@ def loss_inputs(
     """
     check_targets(targets, vocab, cfg.ignore_index)
     targets = flat_targets(targets)
-    mask = per_token("loss_mask", loss_mask, rows).bool() & (targets != cfg.ignore_index)
+    multiplier = mask_multiplier(loss_mask, targets, rows, cfg.ignore_index)
+    mask = multiplier > 0
     action = per_token("action_mask", action_mask, rows)
-    action = action.bool() if action is not None else torch.zeros_like(mask)
+    action = action > 0 if action is not None else torch.zeros_like(mask)
     turns = per_token("turn_ids", turn_ids, rows)
     old = float_per_token("old_logp", old_logp, rows)
     ref = float_per_token("ref_logp", ref_logp, rows)
@@ -114,21 +130,25 @@ def loss_inputs(
 
     row = RowLossInputs(
         targets=targets, old_logp=old, advantages=advantages_per_token(advantages, rows),
-        ref_logp=ref if cfg.kl_coef > 0 else None, weights=flat_weights, scale=loss_scale(mask, rows, cfg),
+        ref_logp=ref if cfg.kl_coef > 0 else None, weights=flat_weights, scale=loss_scale(multiplier, rows, cfg),
         temperature=float(cfg.temperature), clip_low=float(cfg.clip_low), clip_high=float(cfg.clip_high),
         dual_clip=float(cfg.dual_clip or 0.0), kl_coef=float(cfg.kl_coef), kl_type=KL_TYPE_IDS[cfg.kl_type],
         entropy_coef=float(cfg.entropy_coef), ignore_index=int(cfg.ignore_index),
     )
-    return LossInputs(row, mask, action, old, flat_weights)
+    return LossInputs(row, multiplier, mask, action, old, flat_weights)
 
 
-def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp(min=1)
+def masked_mean(values: Tensor, multiplier: Tensor, selected: Tensor) -> Tensor:
+    """``sum m v / sum m`` over the ``selected`` tokens (0 when ``sum m = 0``); unselected values may
+    hold anything, NaN included."""
+    m = torch.where(selected, multiplier, 0.0)
+    total = m.sum()
+    return torch.where(selected, m * values, 0.0).sum() / torch.where(total > 0, total, 1.0)
 
 
 def loss_output(out: LossOpOutputs, rows: Rows, inputs: LossInputs) -> PolicyLossOutput:
     """Per-token row outputs shaped like the targets, plus the masked scalar metrics (SPEC 4)."""
-    mask, action = inputs.mask, inputs.action
+    mask, action, m = inputs.mask, inputs.action, inputs.multiplier
     old_for_kl = inputs.old_logp if inputs.old_logp is not None else out.logp
     shape = rows.token_shape
     return PolicyLossOutput(
@@ -139,9 +159,9 @@ def loss_output(out: LossOpOutputs, rows: Rows, inputs: LossInputs) -> PolicyLos
         ratio=out.ratio.view(shape),
         clipped=out.clipped.view(shape),
         weights=torch.where(mask, inputs.weights, 0.0).view(shape),
-        clip_frac=masked_mean(out.clipped.to(torch.float32), mask),
-        approx_kl=masked_mean(old_for_kl - out.logp, mask),
-        entropy_mean=masked_mean(out.entropy, mask),
-        energy_mean_action=masked_mean(out.energy, mask & action),
-        energy_mean_reasoning=masked_mean(out.energy, mask & ~action),
+        clip_frac=masked_mean(out.clipped.to(torch.float32), m, mask),
+        approx_kl=masked_mean(old_for_kl - out.logp, m, mask),
+        entropy_mean=masked_mean(out.entropy, m, mask),
+        energy_mean_action=masked_mean(out.energy, m, mask & action),
+        energy_mean_reasoning=masked_mean(out.energy, m, mask & ~action),
     )

@@ -89,7 +89,11 @@ def flatten_rows(values: Tensor, targets: Tensor, cu_seqlens: Optional[Tensor], 
         num_seqs, padded_len = 1, targets.shape[0]
     else:
         check_tensor("cu_seqlens", cu_seqlens, None, device, floating=False)
-        check(cu_seqlens.dim() == 1 and cu_seqlens.numel() >= 2, "cu_seqlens must be 1-D [S + 1]")
+        check(not cu_seqlens.is_floating_point() and not cu_seqlens.is_complex() and cu_seqlens.dtype != torch.bool,
+              f"cu_seqlens must be an integer tensor, got {cu_seqlens.dtype}", TypeError)
+        check(cu_seqlens.dim() == 1 and cu_seqlens.numel() >= 2,
+              f"cu_seqlens must be 1-D [S + 1] with S >= 1 sequences ([0, ..., N]), got shape "
+              f"{tuple(cu_seqlens.shape)}" + (f" {cu_seqlens.tolist()}" if cu_seqlens.numel() <= 8 else ""))
         lengths = cu_seqlens.diff()
         if not torch.compiler.is_compiling():
             check(int(cu_seqlens[0]) == 0 and int(cu_seqlens[-1]) == targets.shape[0] and bool((lengths >= 0).all()),
@@ -105,6 +109,10 @@ def flatten_rows(values: Tensor, targets: Tensor, cu_seqlens: Optional[Tensor], 
     except RuntimeError:
         check(not need_view, "inplace_grad=True needs logits whose rows can be viewed as [N, V] without a copy")
         flat = values.reshape(-1, width)
+    if need_view:  # every backend writes the gradient row by row: rows must not share memory
+        check(flat.shape[0] <= 1 or flat.stride(0) >= width,
+              f"inplace_grad=True needs logits whose rows do not overlap (row stride {flat.stride(0)} < V={width}, "
+              "e.g. an expanded tensor): they cannot hold a gradient")
     return Rows(flat, tuple(targets.shape), seq_ids, num_seqs, padded_len)
 
 

@@ -17,7 +17,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from actfocus_kernels.triton.launch import row_launch_config
-from actfocus_kernels.constants import RATIO_LOG_CLAMP
+from actfocus_kernels.constants import FLOAT32_MAX, RATIO_LOG_CLAMP
 from actfocus_kernels.triton.policy_loss import _policy_loss_kernel
 from actfocus_kernels.triton.token_stats import _token_stats_kernel
 
@@ -57,7 +57,8 @@ def main():
         stats_sig = {"logits_ptr": pointer(dtype), "targets_ptr": "*i64", "logp_ptr": "*fp32",
                      "energy_ptr": "*fp32", "entropy_ptr": "*fp32", "stride_logits": "i64",
                      "temperature": "fp32", "ignore_index": "i32"}
-        info = compile_kernel(_token_stats_kernel, stats_sig, {"V": VOCAB, "BLOCK_V": block_v}, arch, num_warps)
+        info = compile_kernel(_token_stats_kernel, stats_sig, {"V": VOCAB, "BLOCK_V": block_v, "FLT_MAX": FLOAT32_MAX}, arch,
+                              num_warps)
         results.append({"kernel": "token_stats", "arch": arch, "dtype": dtype, **info})
         loss_sig = {name: "*fp32" for name in (
             "old_logp_ptr", "advantages_ptr", "ref_logp_ptr", "weights_ptr", "scale_ptr", "token_loss_ptr",
@@ -69,7 +70,7 @@ def main():
         for has_extras, write_grad in itertools.product((False, True), (False, True)):
             flags = {"V": VOCAB, "BLOCK_V": block_v, "HAS_OLD_LOGP": True, "HAS_KL": has_extras, "KL_TYPE": 3,
                      "HAS_DUAL_CLIP": has_extras, "HAS_ENTROPY": has_extras, "WRITE_GRAD": write_grad,
-                     "LOG_CLAMP": RATIO_LOG_CLAMP}
+                     "LOG_CLAMP": RATIO_LOG_CLAMP, "FLT_MAX": FLOAT32_MAX}
             info = compile_kernel(_policy_loss_kernel, loss_sig, flags, arch, num_warps)
             results.append({"kernel": "policy_loss", "arch": arch, "dtype": dtype, "extras": has_extras,
                             "write_grad": write_grad, **info})

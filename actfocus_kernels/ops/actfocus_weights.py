@@ -19,12 +19,12 @@ SCHEMA = ("(Tensor uncertainty, Tensor loss_mask, Tensor action_mask, Tensor seq
 
 
 def scope_ids_of(seq_ids: Tensor, turn_ids: Optional[Tensor]) -> Tensor:
-    """Dense scope index per token: its sequence, or its (sequence, turn) pair."""
+    """Dense scope index per token: its sequence, or its (sequence, turn) pair (unique pairs, so no
+    arithmetic on the ids that could overflow whatever int64 range the turn ids span)."""
     if turn_ids is None:
         return seq_ids
-    turn = turn_ids.to(torch.int64) - turn_ids.min()
-    key = seq_ids * (int(turn.max()) + 1) + turn
-    return torch.unique(key, return_inverse=True)[1]
+    pairs = torch.stack([seq_ids, turn_ids.to(torch.int64)])
+    return torch.unique(pairs, dim=1, return_inverse=True)[1]
 
 
 def _impl(uncertainty, loss_mask, action_mask, seq_ids, turn_ids, reasoning_weight, action_weight, redistribution,

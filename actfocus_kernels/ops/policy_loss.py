@@ -68,6 +68,7 @@ def _fake(*args, **kwargs):
 
 def _setup_context(ctx, inputs, output):
     ctx.compute_grad = POLICY_LOSS.bind(inputs)["compute_grad"]
+    ctx.used = False
     dlogits = output[-1]
     ctx.save_for_backward(dlogits)
     ctx.mark_non_differentiable(*output[1:])
@@ -77,6 +78,12 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_loss, *_output_grads):
     if not ctx.compute_grad:
         raise RuntimeError("policy_loss ran without gradient (no grad mode or logits not requiring grad)")
+    # with an incoming gradient of exactly 1 the saved gradient is handed out as it is and autograd may
+    # adopt it as .grad: a second backward would hand out (or find modified) .grad itself
+    if ctx.used:
+        raise RuntimeError("actfocus policy_loss computes its gradient in forward and hands it out once: backward "
+                           "may run only once (call policy_loss again for another backward)")
+    ctx.used = True
     (dlogits,) = ctx.saved_tensors
     return POLICY_LOSS.gradients(logits=None if grad_loss is None else scaled_gradient(dlogits, grad_loss))
 

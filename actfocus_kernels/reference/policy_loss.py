@@ -17,7 +17,7 @@ import torch
 
 from ..constants import RATIO_LOG_CLAMP
 from ..contract import RowLossInputs, RowLossOutputs
-from .token_stats import compute_dtype, row_statistics
+from .token_stats import compute_dtype, inverse_temperature, row_statistics
 
 
 def surrogate(
@@ -100,4 +100,5 @@ def _row_gradient(logits, targets, temperature, entropy_coef, scale, coeff, acti
     mu = (probs * finite).sum(-1, keepdim=True)
     onehot = torch.zeros_like(probs).scatter_(-1, torch.where(active, targets, 0).unsqueeze(-1), 1.0)
     grad = coeff.unsqueeze(-1) * (onehot - probs) + entropy_coef * probs * (finite - mu)
-    return torch.where(active.unsqueeze(-1), (scale / temperature).unsqueeze(-1) * grad, 0.0)
+    factor = scale * inverse_temperature(temperature, scale.dtype)
+    return torch.where(active.unsqueeze(-1), factor.unsqueeze(-1) * grad, 0.0)

@@ -9,6 +9,12 @@ def compute_dtype(logits: torch.Tensor) -> torch.dtype:
     return torch.promote_types(logits.dtype, torch.float32)
 
 
+def inverse_temperature(temperature: float, dtype: torch.dtype) -> float:
+    """``1 / T``, at most the largest finite ``dtype`` value: a tiny ``T`` (below ``1 / max``) keeps
+    its one-hot limit (``0 * (1 / T) = 0``) instead of turning ``0 * inf`` into NaN."""
+    return min(1.0 / temperature, torch.finfo(dtype).max)
+
+
 def row_statistics(
     logits: torch.Tensor, targets: torch.Tensor, temperature: float, ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..constants import RATIO_LOG_CLAMP
+from ..constants import FLOAT32_MAX, RATIO_LOG_CLAMP
 from ..contract import RowLossInputs, RowLossOutputs
 from .launch import device_guard, row_launch_config
 from .row_stats import row_softmax_stats, target_logit
@@ -28,11 +28,11 @@ def _policy_loss_kernel(
     # constexpr
     V: tl.constexpr, BLOCK_V: tl.constexpr, HAS_OLD_LOGP: tl.constexpr, HAS_KL: tl.constexpr,
     KL_TYPE: tl.constexpr, HAS_DUAL_CLIP: tl.constexpr, HAS_ENTROPY: tl.constexpr,
-    WRITE_GRAD: tl.constexpr, LOG_CLAMP: tl.constexpr,
+    WRITE_GRAD: tl.constexpr, LOG_CLAMP: tl.constexpr, FLT_MAX: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * stride_logits
-    inv_temperature = 1.0 / temperature
+    inv_temperature = tl.minimum(1.0 / temperature, FLT_MAX)  # a tiny T keeps its one-hot limit
 
     # statistics pass
     row_max, log_d, mean_centred = row_softmax_stats(row_ptr, inv_temperature, V, BLOCK_V)
@@ -52,7 +52,9 @@ def _policy_loss_kernel(
         delta = logp - tl.where(active, tl.load(old_logp_ptr + row), 0.0)
     else:
         delta = tl.zeros((), tl.float64)
-    ratio = tl.exp(tl.minimum(tl.maximum(delta, -LOG_CLAMP), LOG_CLAMP))
+    # the clamp keeps NaN (a NaN input propagates, SPEC section 2)
+    ratio = tl.exp(tl.minimum(tl.maximum(delta, -LOG_CLAMP, propagate_nan=tl.PropagateNan.ALL), LOG_CLAMP,
+                              propagate_nan=tl.PropagateNan.ALL))
     unclipped = -advantage * ratio
     clipped_loss = -advantage * tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
     clipped = clipped_loss > unclipped
@@ -88,7 +90,7 @@ def _policy_loss_kernel(
     # gradient pass: dz = scale / T * (c (onehot - p) + h p (s - mu))
     if WRITE_GRAD:
         coeff = tl.where(active, coeff, 0.0).to(tl.float32)
-        grad_scale = tl.where(active, scale * inv_temperature, 0.0)
+        grad_scale = tl.where(active, scale * inv_temperature, 0.0)  # finite: inv_temperature <= FLT_MAX
         log_d = log_d.to(tl.float32)
         mean_centred = mean_centred.to(tl.float32)
         out_ptr = dlogits_ptr + row * stride_dlogits
@@ -100,7 +102,9 @@ def _policy_loss_kernel(
             grad = coeff * (tl.where(offs == target, 1.0, 0.0) - probs)
             if HAS_ENTROPY:
                 grad += entropy_coef * tl.where(probs > 0, probs * (centred - mean_centred), 0.0)
-            tl.store(out_ptr + offs, (grad_scale * grad).to(dlogits_ptr.dtype.element_ty), mask=in_vocab)
+            # inactive rows get exactly 0 whatever their logits hold (NaN included)
+            grad = tl.where(active, grad_scale * grad, 0.0)
+            tl.store(out_ptr + offs, grad.to(dlogits_ptr.dtype.element_ty), mask=in_vocab)
 
 
 def policy_loss(logits: torch.Tensor, inputs: RowLossInputs, dlogits) -> RowLossOutputs:
@@ -123,6 +127,7 @@ def policy_loss(logits: torch.Tensor, inputs: RowLossInputs, dlogits) -> RowLoss
                 float(inputs.kl_coef), float(inputs.entropy_coef), int(inputs.ignore_index),
                 V=vocab, BLOCK_V=block_v, HAS_OLD_LOGP=inputs.old_logp is not None, HAS_KL=has_kl,
                 KL_TYPE=int(inputs.kl_type), HAS_DUAL_CLIP=inputs.dual_clip > 1.0, HAS_ENTROPY=inputs.entropy_coef != 0,
-                WRITE_GRAD=dlogits is not None, LOG_CLAMP=RATIO_LOG_CLAMP, num_warps=num_warps,
+                WRITE_GRAD=dlogits is not None, LOG_CLAMP=RATIO_LOG_CLAMP,
+                FLT_MAX=FLOAT32_MAX, num_warps=num_warps,
             )
     return RowLossOutputs(token_loss, logp, energy, entropy, ratio, clipped.bool())

@@ -3,6 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..constants import FLOAT32_MAX
 from .launch import device_guard, row_launch_config
 from .row_stats import row_softmax_stats, target_logit
 
@@ -16,11 +17,11 @@ def _token_stats_kernel(
     # scalars
     temperature, ignore_index,
     # constexpr
-    V: tl.constexpr, BLOCK_V: tl.constexpr,
+    V: tl.constexpr, BLOCK_V: tl.constexpr, FLT_MAX: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * stride_logits
-    inv_temperature = 1.0 / temperature
+    inv_temperature = tl.minimum(1.0 / temperature, FLT_MAX)  # a tiny T keeps its one-hot limit
     row_max, log_d, mean_centred = row_softmax_stats(row_ptr, inv_temperature, V, BLOCK_V)
     target = tl.load(targets_ptr + row)
     target_centred = (target_logit(row_ptr, target, V).to(tl.float64) - row_max) / temperature
@@ -41,6 +42,6 @@ def token_stats(logits: torch.Tensor, targets: torch.Tensor, temperature: float,
             logits, targets, logp, energy, entropy,
             logits.stride(0),
             float(temperature), int(ignore_index),
-            V=vocab, BLOCK_V=block_v, num_warps=num_warps,
+            V=vocab, BLOCK_V=block_v, FLT_MAX=FLOAT32_MAX, num_warps=num_warps,
         )
     return logp, energy, entropy

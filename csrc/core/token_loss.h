@@ -8,6 +8,7 @@
 //   dz_v = scale / T * ( c (onehot(y)_v - p_v) + entropy_coef p_v (s_v - sum_u p_u s_u) ).
 #pragma once
 
+#include <cfloat>
 #include <cmath>
 
 #if defined(__CUDACC__)
@@ -20,6 +21,17 @@ namespace actfocus {
 
 // The ratio exponent logp - old_logp is clamped to [-kRatioLogClamp, kRatioLogClamp].
 constexpr double kRatioLogClamp = 20.0;
+
+// numerator / T, at most FLT_MAX: with a tiny T (below 1 / FLT_MAX) the scaled logits keep their one-hot
+// limit (0 * (1 / T) = 0) instead of turning 0 * inf into NaN (SPEC section 2: every finite T > 0).
+ACTFOCUS_HOST_DEVICE float clamped_over_temperature(double numerator, double temperature) {
+  return static_cast<float>(fmin(numerator / temperature, static_cast<double>(FLT_MAX)));
+}
+
+// clamp(x, lo, hi) that keeps NaN (fmin/fmax drop it): a NaN input propagates (SPEC section 2).
+ACTFOCUS_HOST_DEVICE double clamp_keep_nan(double x, double lo, double hi) {
+  return x != x ? x : fmin(fmax(x, lo), hi);
+}
 
 enum class KlType : int { kK1 = 1, kK2 = 2, kK3 = 3 };
 
@@ -62,7 +74,7 @@ ACTFOCUS_HOST_DEVICE TokenLoss token_loss(double logp, double entropy, const Tok
   const double scale = active ? in.scale : 0.0;
 
   const double delta = opt.has_old_logp ? logp - old_logp : 0.0;
-  const double ratio = exp(fmin(fmax(delta, -kRatioLogClamp), kRatioLogClamp));
+  const double ratio = exp(clamp_keep_nan(delta, -kRatioLogClamp, kRatioLogClamp));
   const double unclipped_loss = -advantage * ratio;
   const double clipped_loss = -advantage * fmin(fmax(ratio, 1.0 - static_cast<double>(opt.clip_low)),
                                                 1.0 + static_cast<double>(opt.clip_high));

@@ -49,7 +49,7 @@ PolicyLossResult policy_loss_cpu(const at::Tensor& logits, const at::Tensor& tar
   float* entropy_out = args.rows.entropy.data_ptr<float>();
   float* ratio_out = args.ratio.data_ptr<float>();
   bool* clipped_out = args.clipped.data_ptr<bool>();
-  const float inv_temperature = static_cast<float>(1.0 / temperature);
+  const float inv_temperature = clamped_over_temperature(1.0, temperature);
   const float entropy_coef_f = loss_options.entropy_coef;
 
   at::parallel_for(0, n, cpu::rows_per_task(vocab), [&](int64_t begin, int64_t end) {
@@ -78,7 +78,7 @@ PolicyLossResult policy_loss_cpu(const at::Tensor& logits, const at::Tensor& tar
         kernels.zero(grad_row, vocab);
         continue;
       }
-      const float grad_scale = inputs.scale * inv_temperature;
+      const float grad_scale = clamped_over_temperature(inputs.scale, temperature);
       kernels.grad(row_ptr, grad_row, vocab, inv_temperature, stats.stats, grad_scale, loss.coef,
                    entropy_coef_f);
       {  // the one-hot term, added in fp32 before the one rounding

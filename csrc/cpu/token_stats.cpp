@@ -2,6 +2,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "core/token_loss.h"
 #include "cpu/token_row.h"
 #include "glue/checks.h"
 #include "glue/row_args.h"
@@ -24,7 +25,7 @@ TokenStatsResult token_stats_cpu(const at::Tensor& logits, const at::Tensor& tar
   float* logp_out = args.logp.data_ptr<float>();
   float* energy_out = args.energy.data_ptr<float>();
   float* entropy_out = args.entropy.data_ptr<float>();
-  const float inv_temperature = static_cast<float>(1.0 / temperature);
+  const float inv_temperature = clamped_over_temperature(1.0, temperature);
 
   at::parallel_for(0, n, cpu::rows_per_task(vocab), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {

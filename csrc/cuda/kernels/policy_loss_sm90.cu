@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const Row
   const unsigned cluster_size = cluster.num_blocks();
   const int64_t row = blockIdx.x / cluster_size;
   const int64_t vocab = params.vocab;
-  const float k = static_cast<float>(kLog2eDouble / params.temperature);
+  const float k = clamped_over_temperature(kLog2eDouble, params.temperature);
   const T* logits = static_cast<const T*>(params.logits) + row * params.logits_row_stride;
   const int64_t vectors = vocab / kVec;
   const int64_t tail_start = vectors * kVec;
@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const Row
       params.clipped[row] = loss.clipped;
     }
     shared_coef = loss.coef;
-    shared_grad_scale = static_cast<float>(inputs.scale / params.temperature);
+    shared_grad_scale = clamped_over_temperature(inputs.scale, params.temperature);
     shared_active = target.counts && inputs.scale != 0.0f;
   }
   __syncthreads();

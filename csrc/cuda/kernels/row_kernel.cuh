@@ -26,7 +26,7 @@ __global__ void __launch_bounds__(kGenericMaxThreads) generic_rows_kernel(const 
   // shapes and layout of this row
   const int64_t row = blockIdx.x;
   const int64_t vocab = params.vocab;
-  const float k = static_cast<float>(kLog2eDouble / params.temperature);
+  const float k = clamped_over_temperature(kLog2eDouble, params.temperature);
   const T* logits = static_cast<const T*>(params.logits) + row * params.logits_row_stride;
   const int head = row_head(logits, vocab);
   const int64_t vectors = (vocab - head) / kVec;
@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(kGenericMaxThreads) generic_rows_kernel(const 
       params.ratio[row] = loss.ratio;
       params.clipped[row] = loss.clipped;
       shared_coef = loss.coef;
-      shared_grad_scale = static_cast<float>(inputs.scale / params.temperature);
+      shared_grad_scale = clamped_over_temperature(inputs.scale, params.temperature);
       shared_active = target.counts && inputs.scale != 0.0f;
     }
   }
