@@ -50,7 +50,9 @@ def judge_policy_loss(
     adv = adv.reshape(-1)
     old = logp_f.detach() if old_logp is None else old_logp.double().reshape(-1)
     w = torch.ones_like(logp_f) if weights is None else weights.double().reshape(-1)
-    mask = (loss_mask.reshape(-1) != 0) & (targets.reshape(-1) != cfg.ignore_index)
+    # the loss mask is a multiplier m (SPEC 4): active iff m > 0, counting m in every sum
+    m = torch.where(targets.reshape(-1) != cfg.ignore_index, loss_mask.reshape(-1).double(), 0.0)
+    mask = m > 0
     ratio = torch.exp(torch.clamp(logp_f - old, -RATIO_LOG_CLAMP, RATIO_LOG_CLAMP))
     pg = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - cfg.clip_low, 1 + cfg.clip_high))
     if cfg.dual_clip is not None:
@@ -61,8 +63,7 @@ def judge_policy_loss(
         d = logp_f - ref
         kl = {"k1": d, "k2": 0.5 * d ** 2, "k3": torch.exp(ref - logp_f) - (ref - logp_f) - 1}[cfg.kl_type]
         token = token + cfg.kl_coef * kl
-    token = torch.where(mask, token, torch.zeros_like(token))
-    m = mask.double()
+    token = torch.where(mask, m * token, torch.zeros_like(token))  # m * l, exactly 0 off the mask
     if cfg.agg == "token-mean":
         loss = token.sum() / (cfg.norm_tokens if cfg.norm_tokens is not None else max(m.sum().item(), 1.0))
     elif cfg.agg == "seq-mean-token-mean":

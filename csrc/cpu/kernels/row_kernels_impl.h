@@ -45,10 +45,19 @@ struct RowIO<float> {
   }
 };
 
+// max that keeps NaN (std::max drops it when it comes second): a NaN logit propagates (SPEC section 2)
+inline float max_keep_nan(float a, float b) {
+  if (a != a) return a;
+  if (b != b) return b;
+  return a < b ? b : a;
+}
+
 float reduce_max(const Vec& v) {
   float lanes[kVec];
   v.store(lanes);
-  return *std::max_element(lanes, lanes + kVec);
+  float result = lanes[0];
+  for (int64_t i = 1; i < kVec; ++i) result = max_keep_nan(result, lanes[i]);
+  return result;
 }
 
 float reduce_sum(const Vec& v) {
@@ -82,7 +91,7 @@ RowStats row_stats(const void* row_ptr, int64_t vocab, float inv_temperature) {
     max_hi = at::vec::maximum(max_hi, hi);
   }
   float row_max = reduce_max(at::vec::maximum(max_lo, max_hi));
-  for (int64_t i = body; i < vocab; ++i) row_max = std::max(row_max, static_cast<float>(row[i]));
+  for (int64_t i = body; i < vocab; ++i) row_max = max_keep_nan(row_max, static_cast<float>(row[i]));
 
   // Pass 2: d = sum exp(x), t = sum exp(x) x.
   const Vec v_inv_temperature(inv_temperature), v_row_max(row_max);
@@ -106,6 +115,12 @@ RowStats row_stats(const void* row_ptr, int64_t vocab, float inv_temperature) {
     const float e = std::exp(x);
     sum += e;
     wsum += e * x;
+  }
+  // a NaN or +inf logit makes the whole row NaN, whatever the vector exp made of it (every exp(x) of a
+  // finite row lies in [0, 1], so its sum is finite)
+  if (row_max != row_max || row_max == kInf || !std::isfinite(sum)) {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    return RowStats{nan, nan, nan, nan};
   }
   return RowStats{row_max, sum, static_cast<float>(std::log(static_cast<double>(sum))), wsum / sum};
 }

@@ -142,9 +142,18 @@ __device__ __forceinline__ void rescale(RowState& state, float new_max, float k)
 template <int n>
 __device__ __forceinline__ void accumulate(RowState& state, const float (&z)[n], float k) {
   float block_max = z[0];
+  bool poisoned = false;  // NaN or +inf: the row's statistics are NaN (fmaxf would drop a NaN)
 #pragma unroll
-  for (int i = 1; i < n; ++i) block_max = fmaxf(block_max, z[i]);
-  if (!(block_max > neg_inf())) return;  // all -inf (or NaN): nothing to add
+  for (int i = 0; i < n; ++i) {
+    block_max = fmaxf(block_max, z[i]);
+    poisoned = poisoned || z[i] != z[i] || z[i] == -neg_inf();
+  }
+  if (poisoned) {  // NaN is sticky: later adds, rescales and combines keep it
+    state.sum = __int_as_float(0x7fc00000);
+    state.wsum = state.sum;
+    return;
+  }
+  if (!(block_max > neg_inf())) return;  // all -inf: nothing to add
   if (block_max > state.max) {
     if (state.sum > 0.0f) rescale(state, block_max, k);
     state.max = block_max;
@@ -159,6 +168,8 @@ __device__ __forceinline__ void accumulate(RowState& state, const float (&z)[n],
 }
 
 __device__ __forceinline__ RowState combine(const RowState& a, const RowState& b, float k) {
+  if (a.sum != a.sum) return a;  // NaN (a NaN or +inf logit) wins
+  if (b.sum != b.sum) return b;
   if (b.sum == 0.0f) return a;
   if (a.sum == 0.0f) return b;
   const float row_max = fmaxf(a.max, b.max);
