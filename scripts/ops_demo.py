@@ -1,20 +1,16 @@
 """A short CPU tour of the ops: statistics, ActFocus weights, the fused loss, and a naive-vs-fused
-timing. Run by ``make ops-demo``."""
+timing (the naive loss is the benchmarks' baseline, benchmarks/naive.py). Run by ``make ops-demo``."""
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 import actfocus_kernels as ak
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for benchmarks/
 
-def naive_loss(logits, targets, old_logp, advantages, mask, weights, clip=0.2):
-    """What trainers do today: upcast, log_softmax, gather, entropy from the softmax, surrogate."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    logp = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    entropy = -(log_probs.exp() * log_probs).sum(-1)
-    ratio = torch.exp(logp - old_logp)
-    pg = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
-    return (weights * pg * mask).sum() / mask.sum(), entropy
+from benchmarks import naive  # noqa: E402
 
 
 def timed(fn, repeats=5):
@@ -49,12 +45,9 @@ def main():
     print(f"loss {out.loss.item():.5f}  clip_frac {out.clip_frac.item():.3f}  approx_kl {out.approx_kl.item():.2e}  "
           f"entropy {out.entropy_mean.item():.3f}")
 
-    expanded = advantages[:, None].expand(batch, length)
-
     def naive_step():
         z = logits.clone().requires_grad_(True)
-        loss, _ = naive_loss(z, targets, old_logp, expanded, loss_mask, weights)
-        loss.backward()
+        naive.policy_loss(z, targets, old_logp, advantages, loss_mask, weights, action_mask).loss.backward()
 
     def fused_step():
         z = logits.clone().requires_grad_(True)
