@@ -72,7 +72,8 @@ def judge_policy_loss(
     elif cfg.agg == "seq-mean-token-sum":
         loss = torch.stack([token[g].sum() for g in groups]).mean()
     else:
-        norm_len = cfg.norm_len or (targets.shape[1] if targets.dim() == 2 else max(len(g) for g in groups))
+        longest = targets.shape[1] if targets.dim() == 2 else max(max(len(g) for g in groups), 1)
+        norm_len = cfg.norm_len or longest
         loss = token.sum() / (len(groups) * norm_len)
     (grad,) = torch.autograd.grad(loss, z)
     shape = targets.shape
