@@ -21,10 +21,37 @@ from typing import Any, Mapping, NamedTuple, Optional
 from torch import Tensor
 
 KL_TYPE_IDS = {"k1": 1, "k2": 2, "k3": 3}
+_SCHEMA_TYPES = {Tensor: "Tensor", Optional[Tensor]: "Tensor?", float: "float", int: "int", bool: "bool", str: "str"}
+
+
+class _OpRecord:
+    """A record whose fields are arguments of an op: their schema, and the conversions by name."""
+
+    @classmethod
+    def schema(cls) -> str:
+        """The fields as ``torch.library`` schema arguments, e.g. ``"Tensor targets, Tensor? old_logp, ..."``."""
+        hints = typing.get_type_hints(cls)
+        return ", ".join(f"{_SCHEMA_TYPES[hints[f.name]]} {f.name}" for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_named(cls, named: Mapping[str, Any]):
+        """The record from an op's arguments by name (extra names, e.g. ``logits``, are ignored)."""
+        return cls(**{f.name: named[f.name] for f in dataclasses.fields(cls)})
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The fields as keyword arguments of an op whose schema embeds ``schema()``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def take(self, rows):
+        """The record of a subset of rows (a slice or an index tensor): per-token tensors indexed."""
+        return dataclasses.replace(self, **{
+            f.name: getattr(self, f.name)[rows] for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), Tensor)
+        })
 
 
 @dataclass(frozen=True)
-class RowLossInputs:
+class RowLossInputs(_OpRecord):
     """Per-row inputs of the fused policy loss: ``[N]`` tensors (``targets`` int64, the rest
     float32; ``old_logp=None`` is on-policy, ``ref_logp=None`` no KL) and the scalar parameters.
     ``dual_clip <= 1`` is off; ``kl_type`` is 1 (k1), 2 (k2) or 3 (k3), see ``KL_TYPE_IDS``."""
@@ -44,27 +71,24 @@ class RowLossInputs:
     entropy_coef: float
     ignore_index: int
 
-    @classmethod
-    def schema(cls) -> str:
-        """The fields as ``torch.library`` schema arguments, e.g. ``"Tensor targets, Tensor? old_logp, ..."``."""
-        hints = typing.get_type_hints(cls)
-        return ", ".join(f"{_SCHEMA_TYPES[hints[f.name]]} {f.name}" for f in dataclasses.fields(cls))
 
-    @classmethod
-    def from_named(cls, named: Mapping[str, Any]) -> "RowLossInputs":
-        """The record from an op's arguments by name (extra names, e.g. ``logits``, are ignored)."""
-        return cls(**{f.name: named[f.name] for f in dataclasses.fields(cls)})
+@dataclass(frozen=True)
+class RowGradientInputs(_OpRecord):
+    """Per-row coefficients of the gradient pass (``row_gradient``): with the row's own softmax
+    ``p = softmax(z / T)`` and ``mu = sum_v p_v s_v``,
 
-    def as_kwargs(self) -> dict[str, Any]:
-        """The fields as keyword arguments of an op whose schema embeds ``schema()``."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        dz_v = (target_coef 1{v = y} - prob_coef p_v + entropy_coef p_v (s_v - mu)) / T,
 
-    def take(self, rows) -> "RowLossInputs":
-        """The record of a subset of rows (a slice or an index tensor): per-token tensors indexed."""
-        return dataclasses.replace(self, **{
-            f.name: getattr(self, f.name)[rows] for f in dataclasses.fields(self)
-            if isinstance(getattr(self, f.name), Tensor)
-        })
+    exactly 0 on rows whose three coefficients are 0, no one-hot term where ``y == ignore_index``.
+    In these terms ``dz = a dlogp/dz + (a - b) dlse/dz - h dH/dz`` with ``(a, b, h)`` the three
+    coefficients (``a`` taken as 0 where the target is ignored); the fused policy loss is ``a = b = scale c``, ``h = scale entropy_coef``."""
+
+    targets: Tensor
+    target_coef: Tensor
+    prob_coef: Tensor
+    entropy_coef: Tensor
+    temperature: float
+    ignore_index: int
 
 
 class RowLossOutputs(NamedTuple):
@@ -95,5 +119,3 @@ class LossOpOutputs(NamedTuple):
         """The outputs as ``torch.library`` schema returns: ``"Tensor loss, Tensor logp, ..."``."""
         return ", ".join(f"Tensor {name}" for name in cls._fields)
 
-
-_SCHEMA_TYPES = {Tensor: "Tensor", Optional[Tensor]: "Tensor?", float: "float", int: "int", bool: "bool", str: "str"}

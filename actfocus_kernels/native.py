@@ -15,6 +15,8 @@ along V) and per-token ``[N]`` tensors (``targets`` int64, the rest float32)::
     policy_loss(logits, targets, old_logp?, advantages, ref_logp?, weights, scale, temperature,
                 clip_low, clip_high, dual_clip, kl_coef, kl_type, entropy_coef, ignore_index,
                 dlogits?) -> (token_loss, logp, energy, entropy, ratio, clipped)
+    row_gradient(logits, targets, target_coef, prob_coef, entropy_coef, temperature, ignore_index,
+                 dlogits!) -> ()    (the gradient pass of given per-row coefficients)
 """
 from __future__ import annotations
 
@@ -110,6 +112,23 @@ def _check_token_stats(logits: torch.Tensor, targets: torch.Tensor, temperature:
     )
 
 
+def _check_dlogits(dlogits: torch.Tensor, logits: torch.Tensor) -> None:
+    _check_logits(dlogits, "dlogits")
+    torch._check(
+        dlogits.device == logits.device,
+        lambda: f"actfocus_native: dlogits must be on {logits.device} like logits, got {dlogits.device}",
+    )
+    torch._check(
+        dlogits.shape == logits.shape,
+        lambda: f"actfocus_native: dlogits must have the shape of logits {tuple(logits.shape)}, "
+        f"got {tuple(dlogits.shape)}",
+    )
+    torch._check(
+        dlogits.dtype == logits.dtype,
+        lambda: f"actfocus_native: dlogits must have the dtype of logits ({logits.dtype}), got {dlogits.dtype}",
+    )
+
+
 def _per_token_outputs(logits: torch.Tensor, count: int) -> list[torch.Tensor]:
     return [logits.new_empty((logits.shape[0],), dtype=torch.float32) for _ in range(count)]
 
@@ -151,27 +170,29 @@ def _policy_loss_fake(
         lambda: f"actfocus_native: kl_type must be 1 (k1), 2 (k2) or 3 (k3), got {kl_type}",
     )
     if dlogits is not None:
-        _check_logits(dlogits, "dlogits")
-        torch._check(
-            dlogits.device == logits.device,
-            lambda: f"actfocus_native: dlogits must be on {logits.device} like logits, "
-            f"got {dlogits.device}",
-        )
-        torch._check(
-            dlogits.shape == logits.shape,
-            lambda: f"actfocus_native: dlogits must have the shape of logits {tuple(logits.shape)}, "
-            f"got {tuple(dlogits.shape)}",
-        )
-        torch._check(
-            dlogits.dtype == logits.dtype,
-            lambda: f"actfocus_native: dlogits must have the dtype of logits ({logits.dtype}), "
-            f"got {dlogits.dtype}",
-        )
+        _check_dlogits(dlogits, logits)
     token_loss, logp, energy, entropy, ratio = _per_token_outputs(logits, 5)
     clipped = logits.new_empty((n,), dtype=torch.bool)
     return token_loss, logp, energy, entropy, ratio, clipped
 
 
+def _row_gradient_fake(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    target_coef: torch.Tensor,
+    prob_coef: torch.Tensor,
+    entropy_coef: torch.Tensor,
+    temperature: float,
+    ignore_index: int,
+    dlogits: torch.Tensor,
+) -> None:
+    _check_token_stats(logits, targets, temperature)
+    for name, values in (("target_coef", target_coef), ("prob_coef", prob_coef), ("entropy_coef", entropy_coef)):
+        _check_per_token(values, name, logits.shape[0], torch.float32, logits)
+    _check_dlogits(dlogits, logits)
+
+
 if _C is not None:
     torch.library.register_fake("actfocus_native::token_stats")(_token_stats_fake)
     torch.library.register_fake("actfocus_native::policy_loss")(_policy_loss_fake)
+    torch.library.register_fake("actfocus_native::row_gradient")(_row_gradient_fake)

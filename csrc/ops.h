@@ -25,7 +25,11 @@ using PolicyLossResult =
       const std::optional<at::Tensor>& ref_logp, const at::Tensor& weights,                    \
       const at::Tensor& scale, double temperature, double clip_low, double clip_high,          \
       double dual_clip, double kl_coef, int64_t kl_type, double entropy_coef,                  \
-      int64_t ignore_index, const std::optional<at::Tensor>& dlogits);
+      int64_t ignore_index, const std::optional<at::Tensor>& dlogits);                      \
+  void row_gradient_##backend(const at::Tensor& logits, const at::Tensor& targets,             \
+                              const at::Tensor& target_coef, const at::Tensor& prob_coef,      \
+                              const at::Tensor& entropy_coef, double temperature,             \
+                              int64_t ignore_index, const at::Tensor& dlogits);
 
 ACTFOCUS_DECLARE_OPS(cpu)
 #if defined(ACTFOCUS_WITH_CUDA)

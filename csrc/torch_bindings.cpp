@@ -34,6 +34,15 @@ TORCH_LIBRARY(actfocus_native, m) {
       " -> (Tensor token_loss, Tensor logp, Tensor energy, Tensor entropy, Tensor ratio,"
       " Tensor clipped)",
       {at::Tag::pt2_compliant_tag});
+  // The gradient pass of given per-row coefficients (policy variants, tensor parallel, the
+  // gradient of token_stats): dlogits[v] = (target_coef 1{v = y} - prob_coef p_v
+  // + entropy_coef p_v (s_v - sum_u p_u s_u)) / T with the row's own softmax p = softmax(z / T);
+  // exactly 0 on rows whose three coefficients are 0; no one-hot term where y == ignore_index.
+  // dlogits may be logits itself (in-place gradient).
+  m.def(
+      "row_gradient(Tensor logits, Tensor targets, Tensor target_coef, Tensor prob_coef,"
+      " Tensor entropy_coef, float temperature, int ignore_index, Tensor(a!) dlogits) -> ()",
+      {at::Tag::pt2_compliant_tag});
 }
 
 namespace actfocus {

@@ -103,6 +103,15 @@ def _native_policy_loss(device, backend):
     yield Sample((logits,), {**half["row"].as_kwargs(), "dlogits": torch.empty_like(logits)})
 
 
+def _native_row_gradient(device, backend):
+    rows = row_inputs(6, 64, device, seed=12)
+    coefficients = {name: torch.randn(6, device=device) for name in ("target_coef", "prob_coef", "entropy_coef")}
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = rows["logits"].to(dtype)
+        yield Sample((logits, rows["row"].targets, *coefficients.values(), 0.9, IGNORE, torch.empty_like(logits)),
+                     checks=MUTATING_CHECKS)
+
+
 # op -> samples(device, backend); the actfocus_native ops ignore the backend (their device picks the kernel)
 SAMPLES: dict[str, Callable] = {
     "actfocus::token_stats": _token_stats,
@@ -113,6 +122,7 @@ SAMPLES: dict[str, Callable] = {
     "actfocus::linear_policy_loss": _linear_policy_loss,
     "actfocus_native::token_stats": _native_token_stats,
     "actfocus_native::policy_loss": _native_policy_loss,
+    "actfocus_native::row_gradient": _native_row_gradient,
 }
 NATIVE_PREFIX = "actfocus_native::"
 

@@ -17,7 +17,8 @@ import torch
 
 from ..constants import RATIO_LOG_CLAMP
 from ..contract import RowLossInputs, RowLossOutputs
-from .token_stats import compute_dtype, inverse_temperature, row_statistics
+from .row_gradient import gradient_rows
+from .token_stats import row_statistics
 
 
 def surrogate(
@@ -86,19 +87,8 @@ def policy_loss(logits: torch.Tensor, inputs: RowLossInputs, dlogits: Optional[t
     scale = on_active(inputs.scale)
     token_loss = torch.where(active, scale * loss, 0.0)
     if dlogits is not None:
-        dlogits.copy_(_row_gradient(logits, targets, temperature, entropy_coef, scale.to(dtype), coeff.to(dtype), active))
+        coef = torch.where(active, scale * coeff, 0.0)  # exactly 0 off the active rows, NaN logits included
+        dlogits.copy_(gradient_rows(logits, targets, temperature, inputs.ignore_index, coef, coef,
+                                    torch.where(active, scale * entropy_coef, 0.0)))
     per_token = (token_loss, logp, energy, entropy, torch.where(active, ratio, 1.0))
     return RowLossOutputs(*(x.to(dtype) for x in per_token), clipped & active)
-
-
-def _row_gradient(logits, targets, temperature, entropy_coef, scale, coeff, active) -> torch.Tensor:
-    """``scale / T * (c (onehot(y) - p) + h p (s - mu))`` per row, zero on inactive rows."""
-    z = logits.to(compute_dtype(logits))
-    centred = (z - z.max(dim=-1, keepdim=True).values) / temperature  # s - max s: same p and s - mu
-    probs = torch.softmax(centred, dim=-1)
-    finite = torch.where(probs > 0, centred, 0.0)
-    mu = (probs * finite).sum(-1, keepdim=True)
-    onehot = torch.zeros_like(probs).scatter_(-1, torch.where(active, targets, 0).unsqueeze(-1), 1.0)
-    grad = coeff.unsqueeze(-1) * (onehot - probs) + entropy_coef * probs * (finite - mu)
-    factor = scale * inverse_temperature(temperature, scale.dtype)
-    return torch.where(active.unsqueeze(-1), factor.unsqueeze(-1) * grad, 0.0)

@@ -79,16 +79,8 @@ PolicyLossResult policy_loss_cpu(const at::Tensor& logits, const at::Tensor& tar
         continue;
       }
       const float grad_scale = clamped_over_temperature(inputs.scale, temperature);
-      kernels.grad(row_ptr, grad_row, vocab, inv_temperature, stats.stats, grad_scale, loss.coef,
-                   entropy_coef_f);
-      {  // the one-hot term, added in fp32 before the one rounding
-        const float x = stats.target_centred;
-        const float p = std::exp(x - stats.stats.log_sum);
-        const float value =
-            grad_scale * (entropy_coef_f * (p * (x - stats.stats.mean_shift)) - loss.coef * p) +
-            grad_scale * loss.coef;
-        kernels.store(grad_row, target_values[row], value);
-      }
+      cpu::row_gradient(kernels, row_ptr, grad_row, vocab, inv_temperature, stats, target_values[row],
+                        grad_scale, loss.coef, loss.coef, entropy_coef_f);
     }
   });
   return args.result();

@@ -36,6 +36,21 @@ inline TokenRow token_row(const RowKernels& kernels, const void* row, int64_t vo
   return out;
 }
 
+// The gradient of a row with its statistics: grad_row[v] = grad_scale (target_coef 1{v = y} -
+// prob_coef p_v + entropy_coef p_v (x_v - mean)); the one-hot term is added in fp32 before the one
+// rounding, from the target's logit read before any write (grad_row may be row).
+inline void row_gradient(const RowKernels& kernels, const void* row, void* grad_row, int64_t vocab,
+                         float inv_temperature, const TokenRow& stats, int64_t target, float grad_scale,
+                         float target_coef, float prob_coef, float entropy_coef) {
+  kernels.grad(row, grad_row, vocab, inv_temperature, stats.stats, grad_scale, prob_coef, entropy_coef);
+  if (!stats.has_target) return;
+  const float x = stats.target_centred;
+  const float p = std::exp(x - stats.stats.log_sum);
+  const float value = grad_scale * (entropy_coef * (p * (x - stats.stats.mean_shift)) - prob_coef * p) +
+                      grad_scale * target_coef;
+  kernels.store(grad_row, target, value);
+}
+
 // Rows per parallel task: enough elements to amortise a task.
 inline int64_t rows_per_task(int64_t vocab) {
   constexpr int64_t kElementsPerTask = 32768;

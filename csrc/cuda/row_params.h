@@ -14,23 +14,30 @@
 
 namespace actfocus {
 
-// The rows and statistics outputs; the loss fields stay null / zero.
-inline cuda::RowParams row_params(const at::Tensor& logits, const TokenStatsArgs& rows,
-                                  double temperature, int64_t ignore_index) {
+// The rows and their options; every per-token field stays null.
+inline cuda::RowParams rows_params(const at::Tensor& logits, const at::Tensor& targets, double temperature,
+                                   int64_t ignore_index) {
   TORCH_CHECK(logits.size(0) <= std::numeric_limits<int32_t>::max(),
               "actfocus_native: at most 2^31 - 1 rows on CUDA, got ", logits.size(0));
   cuda::RowParams params = {};
   params.logits = logits.const_data_ptr();
-  params.targets = rows.targets.const_data_ptr<int64_t>();
-  params.logp = rows.logp.data_ptr<float>();
-  params.energy = rows.energy.data_ptr<float>();
-  params.entropy = rows.entropy.data_ptr<float>();
+  params.targets = targets.const_data_ptr<int64_t>();
   params.rows = logits.size(0);
   params.vocab = logits.size(1);
   params.logits_row_stride = logits.stride(0);
   params.dtype = checks::row_dtype(logits);
   params.temperature = temperature;
   params.ignore_index = ignore_index;
+  return params;
+}
+
+// The rows and statistics outputs; the loss fields stay null / zero.
+inline cuda::RowParams row_params(const at::Tensor& logits, const TokenStatsArgs& rows,
+                                  double temperature, int64_t ignore_index) {
+  cuda::RowParams params = rows_params(logits, rows.targets, temperature, ignore_index);
+  params.logp = rows.logp.data_ptr<float>();
+  params.energy = rows.energy.data_ptr<float>();
+  params.entropy = rows.entropy.data_ptr<float>();
   return params;
 }
 
@@ -52,6 +59,19 @@ inline cuda::RowParams policy_loss_params(const at::Tensor& logits, const Policy
     params.dlogits_row_stride = dlogits->stride(0);
   }
   params.loss = args.options;
+  return params;
+}
+
+// A row_gradient launch: the rows, their coefficients and dlogits; no statistics outputs.
+inline cuda::RowParams row_gradient_params(const at::Tensor& logits, const RowGradientArgs& args,
+                                           double temperature, int64_t ignore_index,
+                                           const at::Tensor& dlogits) {
+  cuda::RowParams params = rows_params(logits, args.targets, temperature, ignore_index);
+  params.target_coef = args.target_coef.const_data_ptr<float>();
+  params.prob_coef = args.prob_coef.const_data_ptr<float>();
+  params.entropy_coefs = args.entropy_coef.const_data_ptr<float>();
+  params.dlogits = dlogits.data_ptr();
+  params.dlogits_row_stride = dlogits.stride(0);
   return params;
 }
 

@@ -60,6 +60,19 @@ inline void check_token_stats(const at::Tensor& logits, const at::Tensor& target
   check_temperature(temperature);
 }
 
+// dlogits: rows like logits (shape, dtype, device), unit stride along V, rows that do not overlap.
+inline void check_dlogits(const at::Tensor& grad, const at::Tensor& logits) {
+  check_logits(grad, "dlogits");
+  TORCH_CHECK(grad.device() == logits.device(), "actfocus_native: dlogits must be on ",
+              logits.device(), " like logits, got ", grad.device());
+  TORCH_CHECK(grad.sizes() == logits.sizes(), "actfocus_native: dlogits must have the shape of logits ",
+              logits.sizes(), ", got ", grad.sizes());
+  TORCH_CHECK(grad.scalar_type() == logits.scalar_type(), "actfocus_native: dlogits must have the dtype of logits (",
+              logits.scalar_type(), "), got ", grad.scalar_type());
+  TORCH_CHECK(grad.size(0) <= 1 || grad.stride(0) >= grad.size(1),
+              "actfocus_native: dlogits rows must not overlap, got strides ", grad.strides());
+}
+
 inline void check_policy_loss(const at::Tensor& logits, const at::Tensor& targets,
                               const std::optional<at::Tensor>& old_logp,
                               const at::Tensor& advantages,
@@ -75,18 +88,19 @@ inline void check_policy_loss(const at::Tensor& logits, const at::Tensor& target
   check_per_token(scale, "scale", n, at::kFloat, logits);
   TORCH_CHECK(kl_type >= 1 && kl_type <= 3, "actfocus_native: kl_type must be 1 (k1), 2 (k2) or 3 (k3), got ",
               kl_type);
-  if (dlogits.has_value()) {
-    const at::Tensor& grad = *dlogits;
-    check_logits(grad, "dlogits");
-    TORCH_CHECK(grad.device() == logits.device(), "actfocus_native: dlogits must be on ",
-                logits.device(), " like logits, got ", grad.device());
-    TORCH_CHECK(grad.sizes() == logits.sizes(), "actfocus_native: dlogits must have the shape of logits ",
-                logits.sizes(), ", got ", grad.sizes());
-    TORCH_CHECK(grad.scalar_type() == logits.scalar_type(), "actfocus_native: dlogits must have the dtype of logits (",
-                logits.scalar_type(), "), got ", grad.scalar_type());
-    TORCH_CHECK(grad.size(0) <= 1 || grad.stride(0) >= grad.size(1),
-                "actfocus_native: dlogits rows must not overlap, got strides ", grad.strides());
-  }
+  if (dlogits.has_value()) check_dlogits(*dlogits, logits);
+}
+
+inline void check_row_gradient(const at::Tensor& logits, const at::Tensor& targets,
+                               const at::Tensor& target_coef, const at::Tensor& prob_coef,
+                               const at::Tensor& entropy_coef, double temperature,
+                               const at::Tensor& dlogits) {
+  check_token_stats(logits, targets, temperature);
+  const int64_t n = logits.size(0);
+  check_per_token(target_coef, "target_coef", n, at::kFloat, logits);
+  check_per_token(prob_coef, "prob_coef", n, at::kFloat, logits);
+  check_per_token(entropy_coef, "entropy_coef", n, at::kFloat, logits);
+  check_dlogits(dlogits, logits);
 }
 
 // Host-side check that every target is ignore_index or in [0, vocab) (CPU tensors only).

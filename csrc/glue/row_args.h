@@ -86,4 +86,19 @@ inline PolicyLossArgs policy_loss_args(const at::Tensor& logits, const at::Tenso
   return args;
 }
 
+// row_gradient: the contiguous targets and per-row coefficients of checked rows.
+struct RowGradientArgs {
+  at::Tensor targets, target_coef, prob_coef, entropy_coef;
+};
+
+inline RowGradientArgs row_gradient_args(const at::Tensor& logits, const at::Tensor& targets,
+                                         const at::Tensor& target_coef, const at::Tensor& prob_coef,
+                                         const at::Tensor& entropy_coef, double temperature,
+                                         const at::Tensor& dlogits) {
+  checks::check_row_gradient(logits, targets, target_coef, prob_coef, entropy_coef, temperature,
+                             dlogits);
+  return {targets.contiguous(), target_coef.contiguous(), prob_coef.contiguous(),
+          entropy_coef.contiguous()};
+}
+
 }  // namespace actfocus

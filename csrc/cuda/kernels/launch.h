@@ -1,5 +1,6 @@
 // Launchers of the CUDA row kernels: raw pointers, sizes and a stream, no torch. Implemented in
-// token_stats.cu, policy_loss.cu (generic, sm_80+) and policy_loss_sm90.cu (thread-block clusters).
+// token_stats.cu, policy_loss.cu, row_gradient.cu (generic, sm_80+) and policy_loss_sm90.cu
+// (thread-block clusters).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -30,6 +31,9 @@ struct RowParams {
   float* entropy;
   float* ratio;    // policy_loss only
   bool* clipped;   // policy_loss only
+  const float* target_coef;   // row_gradient only
+  const float* prob_coef;     // row_gradient only
+  const float* entropy_coefs; // row_gradient only
   // shapes
   int64_t rows;   // N, at most 2^31 - 1
   int64_t vocab;  // V >= 1
@@ -49,6 +53,9 @@ cudaError_t launch_token_stats(const RowParams& params, cudaStream_t stream);
 // The fused policy loss of every row (and its gradient when dlogits is set). Uses the cluster
 // kernel where it is compiled, the device is sm_90 and the row fits on chip; else the generic one.
 cudaError_t launch_policy_loss(const RowParams& params, cudaStream_t stream);
+
+// The gradient of every row's given coefficients into dlogits (row_gradient), no statistics out.
+cudaError_t launch_row_gradient(const RowParams& params, cudaStream_t stream);
 
 #if defined(ACTFOCUS_WITH_SM90)
 // The sm_90 path: each row held in the shared memory of a thread-block cluster, so the loss reads

@@ -12,7 +12,7 @@ cudaError_t launch_policy_loss(const RowParams& params, cudaStream_t stream) {
     if (status != cudaErrorNotSupported) return status;
   }
 #endif
-  return launch_generic_rows<true>(params, stream);
+  return launch_generic_rows<RowMode::kLoss>(params, stream);
 }
 
 }  // namespace actfocus::cuda

@@ -141,6 +141,7 @@ __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const Row
     g.grad_scale = shared_grad_scale;
     g.entropy_ln2 = params.loss.entropy_coef * kLn2;
     g.coef = shared_coef;
+    g.target_coef = shared_coef;
     g.target = target.onehot;
     for (int64_t j = threadIdx.x; j < count; j += kClusterThreads) {
       float z[kVec];

@@ -276,7 +276,8 @@ struct RowGrad {
   float mean_shift2;   // wsum / sum
   float grad_scale;    // scale / T
   float entropy_ln2;   // entropy_coef * ln(2)
-  float coef;          // c of the token loss
+  float coef;          // the coefficient of p (c of the token loss)
+  float target_coef;   // the coefficient of the one-hot term (c of the token loss)
   int64_t target;      // -1 for none
 };
 
@@ -285,7 +286,7 @@ __device__ __forceinline__ float element_grad(float z, int64_t index, const RowG
   const float p = fast_exp2(x - g.log2_sum);
   // p (x - mean_shift2) first: p = 0 makes it 0 whatever the coefficients are
   float value = g.grad_scale * (g.entropy_ln2 * (p * (x - g.mean_shift2)) - g.coef * p);
-  if (index == g.target) value += g.grad_scale * g.coef;
+  if (index == g.target) value += g.grad_scale * g.target_coef;
   return value;
 }
 

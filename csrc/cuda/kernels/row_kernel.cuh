@@ -1,6 +1,7 @@
 // The generic row kernel (sm_80+): one block per row. Pass 1 reads the row once for its online
-// softmax state; one thread finishes the token's statistics (and loss); pass 2 (policy loss with
-// dlogits) re-reads the row and writes its gradient. 16-byte vector loads and stores, with scalar
+// softmax state; one thread finishes the token's statistics (and loss), or reads the row's given
+// gradient coefficients; pass 2 (policy loss with dlogits, row gradient) re-reads the row and
+// writes its gradient. 16-byte vector loads and stores, with scalar
 // head / tail elements where a row does not start on a 16-byte boundary.
 #pragma once
 
@@ -14,12 +15,19 @@ constexpr int kGenericMaxThreads = 1024;
 constexpr int kGenericUnroll = 4;       // vectors in flight per thread
 constexpr int kVectorsPerThread = 16;   // block size target
 
-template <typename T, bool kLoss>
+// What a launch computes: statistics only, the fused loss (and its gradient), or the gradient of
+// given per-row coefficients.
+enum class RowMode { kStats, kLoss, kGradient };
+
+template <typename T, RowMode kMode>
 __global__ void __launch_bounds__(kGenericMaxThreads) generic_rows_kernel(const RowParams params) {
   using IO = VecIO<T>;
   constexpr int kVec = IO::kSize;
+  constexpr bool kWritesGradient = kMode != RowMode::kStats;
   __shared__ RowState scratch[kMaxWarps + 1];
   __shared__ float shared_coef;
+  __shared__ float shared_target_coef;
+  __shared__ float shared_entropy_coef;
   __shared__ float shared_grad_scale;
   __shared__ bool shared_active;
 
@@ -65,24 +73,34 @@ __global__ void __launch_bounds__(kGenericMaxThreads) generic_rows_kernel(const 
   }
   state = block_reduce(state, k, scratch);
 
-  // the token: statistics (and loss) by thread 0
+  // the token: statistics (and loss), or the given coefficients, by thread 0
   if (threadIdx.x == 0) {
-    const TokenStatistics stats = token_statistics(state, target.counts, target.logit, params.temperature);
-    params.logp[row] = static_cast<float>(stats.logp);
-    params.energy[row] = stats.energy;
-    params.entropy[row] = stats.entropy;
-    if constexpr (kLoss) {
-      const TokenInputs inputs = read_token_inputs(params, row, target.counts);
-      const TokenLoss loss = token_loss(stats.logp, stats.entropy, inputs, params.loss);
-      params.token_loss[row] = loss.loss;
-      params.ratio[row] = loss.ratio;
-      params.clipped[row] = loss.clipped;
-      shared_coef = loss.coef;
-      shared_grad_scale = clamped_over_temperature(inputs.scale, params.temperature);
-      shared_active = target.counts && inputs.scale != 0.0f;
+    if constexpr (kMode == RowMode::kGradient) {
+      shared_target_coef = params.target_coef[row];
+      shared_coef = params.prob_coef[row];
+      shared_entropy_coef = params.entropy_coefs[row];
+      shared_grad_scale = clamped_over_temperature(1.0, params.temperature);
+      shared_active = shared_target_coef != 0.0f || shared_coef != 0.0f || shared_entropy_coef != 0.0f;
+    } else {
+      const TokenStatistics stats = token_statistics(state, target.counts, target.logit, params.temperature);
+      params.logp[row] = static_cast<float>(stats.logp);
+      params.energy[row] = stats.energy;
+      params.entropy[row] = stats.entropy;
+      if constexpr (kMode == RowMode::kLoss) {
+        const TokenInputs inputs = read_token_inputs(params, row, target.counts);
+        const TokenLoss loss = token_loss(stats.logp, stats.entropy, inputs, params.loss);
+        params.token_loss[row] = loss.loss;
+        params.ratio[row] = loss.ratio;
+        params.clipped[row] = loss.clipped;
+        shared_coef = loss.coef;
+        shared_target_coef = loss.coef;
+        shared_entropy_coef = params.loss.entropy_coef;
+        shared_grad_scale = clamped_over_temperature(inputs.scale, params.temperature);
+        shared_active = target.counts && inputs.scale != 0.0f;
+      }
     }
   }
-  if constexpr (kLoss) {
+  if constexpr (kWritesGradient) {
     if (params.dlogits == nullptr) return;
     __syncthreads();
 
@@ -96,8 +114,9 @@ __global__ void __launch_bounds__(kGenericMaxThreads) generic_rows_kernel(const 
     g.log2_sum = log2f(state.sum);
     g.mean_shift2 = state.wsum / state.sum;
     g.grad_scale = shared_active ? shared_grad_scale : 0.0f;
-    g.entropy_ln2 = shared_active ? params.loss.entropy_coef * kLn2 : 0.0f;
+    g.entropy_ln2 = shared_active ? shared_entropy_coef * kLn2 : 0.0f;
     g.coef = shared_active ? shared_coef : 0.0f;
+    g.target_coef = shared_active ? shared_target_coef : 0.0f;
     g.target = target.onehot;
     const bool active = shared_active;
 
@@ -151,20 +170,20 @@ inline int generic_block_threads(const RowParams& params) {
   return threads;
 }
 
-template <bool kLoss>
+template <RowMode kMode>
 cudaError_t launch_generic_rows(const RowParams& params, cudaStream_t stream) {
   if (params.rows == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(params.rows));
   const dim3 block(generic_block_threads(params));
   switch (params.dtype) {
     case RowDtype::kFloat32:
-      generic_rows_kernel<float, kLoss><<<grid, block, 0, stream>>>(params);
+      generic_rows_kernel<float, kMode><<<grid, block, 0, stream>>>(params);
       break;
     case RowDtype::kFloat16:
-      generic_rows_kernel<__half, kLoss><<<grid, block, 0, stream>>>(params);
+      generic_rows_kernel<__half, kMode><<<grid, block, 0, stream>>>(params);
       break;
     case RowDtype::kBFloat16:
-      generic_rows_kernel<__nv_bfloat16, kLoss><<<grid, block, 0, stream>>>(params);
+      generic_rows_kernel<__nv_bfloat16, kMode><<<grid, block, 0, stream>>>(params);
       break;
   }
   return cudaGetLastError();

@@ -4,7 +4,7 @@
 namespace actfocus::cuda {
 
 cudaError_t launch_token_stats(const RowParams& params, cudaStream_t stream) {
-  return launch_generic_rows<false>(params, stream);
+  return launch_generic_rows<RowMode::kStats>(params, stream);
 }
 
 }  // namespace actfocus::cuda
