@@ -20,11 +20,13 @@ from .rows import check, check_targets, flat_targets, flatten_rows, per_token
 def token_stats(
     logits: Tensor, targets: Tensor, temperature: float = 1.0, backend: str = "auto", *, ignore_index: int = -100
 ) -> TokenStats:
-    """Per-token ``logp``, ``energy`` and ``entropy`` of ``logits [..., V]`` in one read, no grad.
+    """Per-token ``logp``, ``energy`` and ``entropy`` of ``logits [..., V]`` in one read.
 
     With ``s = z / T``: ``lse = logsumexp(s)``, ``logp = s[y] - lse`` (0 where ``y == ignore_index``),
     ``energy = -T lse``, ``entropy = lse - sum_v p_v s_v`` (SPEC section 2). Outputs are fp32 and
-    shaped like ``targets`` (``logits.shape[:-1]``).
+    shaped like ``targets`` (``logits.shape[:-1]``). Differentiable when ``logits`` require grad:
+    backward is one more pass over the logits, ``dz = (g_logp (onehot - p) - T g_energy p -
+    g_entropy p (s - mu)) / T`` (exact; no second-order gradient).
     """
     check(isinstance(logits, Tensor), f"logits must be a torch.Tensor, got {type(logits).__name__}", TypeError)
     check(isinstance(targets, Tensor), f"targets must be a torch.Tensor, got {type(targets).__name__}", TypeError)
@@ -36,8 +38,8 @@ def token_stats(
     backend = resolve_backend(backend, logits.device)
     rows = flatten_rows(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), None, backend)
     check_targets(targets, logits.shape[-1], ignore_index)
-    stats = torch.ops.actfocus.token_stats(rows.flat.detach(), flat_targets(targets), float(temperature),
-                                           int(ignore_index), backend)
+    stats = torch.ops.actfocus.token_stats(rows.flat, flat_targets(targets), float(temperature), int(ignore_index),
+                                           backend)
     return TokenStats(*(x.view(batch_shape) for x in stats))
 
 

@@ -66,8 +66,10 @@ def linear_token_stats(
     ``hidden [..., H]``, ``weight [V, H]``, ``bias [V]`` (optional), all one dtype; ``targets
     hidden.shape[:-1]``. With ``s = z / T``: ``logp = s[y] - logsumexp(s)``, ``energy = -T
     logsumexp(s)``, ``entropy = logsumexp(s) - sum_v p_v s_v`` (SPEC section 2), fp32, shaped like
-    the targets; no gradient. ``chunk_size`` tokens at a time (``None``: ``chunk_rows`` picks it from
-    the shapes and the free memory); the logits of a chunk are computed in the hidden dtype.
+    the targets. ``chunk_size`` tokens at a time (``None``: ``chunk_rows`` picks it from the shapes
+    and the free memory); the logits of a chunk are computed in the hidden dtype. Differentiable in
+    ``hidden``, ``weight`` and ``bias``: backward recomputes each chunk's logits, one ``row_gradient``
+    pass, then the two gradient GEMMs (no N x V intermediate; no second-order gradient).
     """
     check(isinstance(targets, Tensor), f"targets must be a torch.Tensor, got {type(targets).__name__}", TypeError)
     check_temperature("linear_token_stats", temperature)
@@ -79,8 +81,8 @@ def linear_token_stats(
     rows = flatten_rows(hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1), None, backend, name="hidden")
     check_targets(targets, vocab, ignore_index)
     stats = torch.ops.actfocus.linear_token_stats(
-        rows.flat.detach(), weight.detach(), _detached(bias), flat_targets(targets), None, float(temperature),
-        int(ignore_index), _chunk_arg(chunk_size), backend)
+        rows.flat, weight, bias, flat_targets(targets), None, float(temperature), int(ignore_index),
+        _chunk_arg(chunk_size), backend)
     return TokenStats(*(x.view(batch_shape) for x in stats))
 
 

@@ -41,8 +41,10 @@ def row_inputs(n: int, vocab: int, device, seed: int, *, with_old=True, with_ref
 
 
 def _token_stats(device, backend):
-    rows = row_inputs(6, 64, device, seed=1)
-    yield Sample((rows["logits"], rows["row"].targets, 0.8, IGNORE, backend))
+    for requires_grad in (False, True):
+        rows = row_inputs(6, 64, device, seed=1)
+        logits = rows["logits"].detach().requires_grad_(requires_grad)
+        yield Sample((logits, rows["row"].targets, 0.8, IGNORE, backend))
 
 
 def _policy_loss(device, backend):
@@ -73,10 +75,12 @@ def _linear_head(n: int, hidden_size: int, vocab: int, device, seed: int):
 
 
 def _linear_token_stats(device, backend):
-    hidden, weight, bias = _linear_head(6, 24, 40, device, seed=6)
+    head = _linear_head(6, 24, 40, device, seed=6)
     rows = row_inputs(6, 40, device, seed=6)
-    for selected in (None, rows["batch"]["action_mask"].reshape(-1).bool()):
-        yield Sample((hidden, weight, bias, rows["row"].targets, selected, 0.8, IGNORE, 4, backend))
+    for selected, requires_grad in ((None, False), (rows["batch"]["action_mask"].reshape(-1).bool(), False),
+                                    (None, True)):
+        params = tuple(x.detach().clone().requires_grad_(requires_grad) for x in head)
+        yield Sample((*params, rows["row"].targets, selected, 0.8, IGNORE, 4, backend))
 
 
 def _linear_policy_loss(device, backend):
@@ -103,6 +107,12 @@ def _native_policy_loss(device, backend):
     yield Sample((logits,), {**half["row"].as_kwargs(), "dlogits": torch.empty_like(logits)})
 
 
+def _row_gradient(device, backend):
+    rows = row_inputs(6, 64, device, seed=13)
+    coefficients = [torch.randn(6, device=device) for _ in range(3)]
+    yield Sample((rows["logits"], rows["row"].targets, *coefficients, 0.9, IGNORE, backend))
+
+
 def _native_row_gradient(device, backend):
     rows = row_inputs(6, 64, device, seed=12)
     coefficients = {name: torch.randn(6, device=device) for name in ("target_coef", "prob_coef", "entropy_coef")}
@@ -118,6 +128,7 @@ SAMPLES: dict[str, Callable] = {
     "actfocus::policy_loss": _policy_loss,
     "actfocus::policy_loss_inplace": _policy_loss_inplace,
     "actfocus::actfocus_weights": _actfocus_weights,
+    "actfocus::row_gradient": _row_gradient,
     "actfocus::linear_token_stats": _linear_token_stats,
     "actfocus::linear_policy_loss": _linear_policy_loss,
     "actfocus_native::token_stats": _native_token_stats,

@@ -68,7 +68,12 @@ def test_empty_batch(backend, device):
     assert all(x.shape == (0,) for x in stats)
 
 
-def test_no_grad_is_taken(backend, device):
+def test_grad_only_when_asked(backend, device):
+    # SPEC section 5: differentiable when the logits require grad (tests/test_differentiable_stats.py
+    # checks the values); nothing is recorded under no_grad or for logits without grad
     logits = torch.randn(4, 30, device=device, requires_grad=True)
-    stats = token_stats(logits, torch.randint(0, 30, (4,), device=device), backend=backend)
-    assert not any(x.requires_grad for x in stats)
+    targets = torch.randint(0, 30, (4,), device=device)
+    assert all(x.requires_grad for x in token_stats(logits, targets, backend=backend))
+    with torch.no_grad():
+        assert not any(x.requires_grad for x in token_stats(logits, targets, backend=backend))
+    assert not any(x.requires_grad for x in token_stats(logits.detach(), targets, backend=backend))

@@ -5,7 +5,7 @@ implementation routed to a concrete backend ("reference", "triton", "cpu", "cuda
 ``routing.row_kernels``, fake, and autograd. The C++ kernels of namespace ``actfocus_native``
 (and their fakes) are loaded by ``actfocus_kernels.native``.
 """
-from . import actfocus_weights, linear, policy_loss, token_stats
+from . import actfocus_weights, linear, policy_loss, row_gradient, token_stats
 from .policy_loss import InplaceGradPolicyLoss
 
-__all__ = ["InplaceGradPolicyLoss", "actfocus_weights", "linear", "policy_loss", "token_stats"]
+__all__ = ["InplaceGradPolicyLoss", "actfocus_weights", "linear", "policy_loss", "row_gradient", "token_stats"]

@@ -27,6 +27,7 @@ from ..contract import LossOpOutputs, RowLossInputs, RowLossOutputs
 from .policy_loss import scaled_gradient
 from .registry import define_op
 from .routing import row_kernels
+from .row_gradient import gradient_of_stats
 from .token_stats import per_token_outputs
 
 # --- chunk policy ------------------------------------------------------------------------------
@@ -108,13 +109,46 @@ def _stats_fake(hidden, weight, bias, targets, selected, temperature, ignore_ind
     return per_token_outputs(hidden, 3)
 
 
+def _stats_setup_context(ctx, inputs, output):
+    named = LINEAR_TOKEN_STATS.bind(inputs)
+    ctx.save_for_backward(*(named[name] for name in ("hidden", "weight", "bias", "targets", "selected")))
+    ctx.options = {name: named[name] for name in ("temperature", "ignore_index", "chunk_size", "backend")}
+
+
+def _stats_backward(ctx, grad_logp, grad_energy, grad_entropy):
+    """Recomputes each chunk's logits, its ``row_gradient`` G, then ``G @ weight``, ``G.T @ hidden``
+    and ``G.sum(0)``: no N x V intermediate, the same three GEMMs as the loss."""
+    hidden, weight, bias, targets, selected = ctx.saved_tensors
+    need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+    options = ctx.options
+    grad_hidden = torch.zeros_like(hidden) if need_hidden else None
+    grad_weight = torch.zeros_like(weight) if need_weight else None
+    grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_bias else None
+    index = None if selected is None else selected.nonzero().squeeze(1)
+    num_rows = hidden.shape[0] if index is None else index.numel()
+    for start, end in _chunks(num_rows, options["chunk_size"], weight.shape[0], hidden, options["backend"]):
+        rows = slice(start, end) if index is None else index[start:end]
+        hidden_rows = hidden[rows]
+        incoming = (None if g is None else g[rows] for g in (grad_logp, grad_energy, grad_entropy))
+        grad = gradient_of_stats(_logits(hidden_rows, weight, bias), targets[rows], *incoming,
+                                 options["temperature"], options["ignore_index"], options["backend"])
+        if need_hidden:
+            grad_hidden[rows] = torch.mm(grad, weight)
+        if need_weight:
+            grad_weight.addmm_(grad.t(), hidden_rows)
+        if need_bias:
+            grad_bias += grad.sum(0, dtype=torch.float32)
+    return LINEAR_TOKEN_STATS.gradients(hidden=grad_hidden, weight=grad_weight,
+                                        bias=None if grad_bias is None else grad_bias.to(bias.dtype))
+
+
 # Rows -> fp32 (logp, energy, entropy) [N], chunk_size rows at a time (0: chunk_rows); with
-# `selected` (bool [N]) only those rows are computed, the others are 0. No gradient.
-define_op(
+# `selected` (bool [N]) only those rows are computed, the others are 0 (and get no gradient).
+LINEAR_TOKEN_STATS = define_op(
     "linear_token_stats",
     "(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor? selected, float temperature, "
     "int ignore_index, int chunk_size, str backend) -> (Tensor logp, Tensor energy, Tensor entropy)",
-    _stats_impl, _stats_fake,
+    _stats_impl, _stats_fake, _stats_backward, _stats_setup_context,
 )
 
 
