@@ -67,20 +67,21 @@ std::vector<std::string> split_list(const std::string& joined) {
 
 }  // namespace
 
-std::vector<std::string> built_cuda_archs() {
-#if defined(ACTFOCUS_WITH_CUDA) && defined(ACTFOCUS_CUDA_ARCHS)
-  return split_list(ACTFOCUS_STRINGIFY(ACTFOCUS_CUDA_ARCHS));  // "sm_80,sm_90a"
-#else
-  return {};
+// The arch lists of a CUDA build (setup.py / CMakeLists.txt define them, comma-separated); empty
+// otherwise.
+#if !defined(ACTFOCUS_CUDA_ARCHS)
+#define ACTFOCUS_CUDA_ARCHS
 #endif
+#if !defined(ACTFOCUS_CUDA_PTX)
+#define ACTFOCUS_CUDA_PTX
+#endif
+
+std::vector<std::string> built_cuda_archs() {
+  return split_list(ACTFOCUS_STRINGIFY(ACTFOCUS_CUDA_ARCHS));  // "sm_80,sm_90a"
 }
 
 std::vector<std::string> built_cuda_ptx() {
-#if defined(ACTFOCUS_WITH_CUDA) && defined(ACTFOCUS_CUDA_PTX)
   return split_list(ACTFOCUS_STRINGIFY(ACTFOCUS_CUDA_PTX));  // "compute_120"
-#else
-  return {};
-#endif
 }
 
 std::string built_cuda_version() {
