@@ -49,13 +49,14 @@ def test_built_against_this_torch_minor_and_pins_it():
 
 
 @needs_cuda_build
-def test_cuda_kernels_registered_with_ptx_of_the_newest_arch():
+def test_cuda_kernels_registered_for_this_cuda_major():
     info = native.build_info()
     for op in ("token_stats", "policy_loss"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"actfocus_native::{op}", "CUDA"), op
-    newest = max(info["archs"], key=lambda arch: int(arch[3:].rstrip("a")))
-    assert info["ptx"] == [newest.replace("sm_", "compute_")]
-    assert info["cuda_version"] == torch.version.cuda
+    # PTX only of archs built (the release wheel's exact set is scripts/check_wheel.py's job)
+    assert {ptx.replace("compute_", "sm_") for ptx in info["ptx"]} <= set(info["archs"])
+    # _C links libcudart.so.<major>: torch's CUDA runtime must be the same major
+    assert info["cuda_version"].split(".")[0] == torch.version.cuda.split(".")[0]
 
 
 @pytest.mark.skipif(EXPECT_WHEEL is None, reason="ACTFOCUS_EXPECT_WHEEL unset (CI stage 2 sets it)")
