@@ -4,26 +4,37 @@ The native extension ``actfocus_kernels._C`` (csrc/, ops in namespace ``actfocus
 with ``torch.utils.cpp_extension`` and ninja (``MAX_JOBS`` bounds the parallel compile jobs):
 
 - CPU kernels always (OpenMP over rows, ``at::vec``; an AVX2 copy is chosen at run time);
-- CUDA kernels when a CUDA toolkit (``CUDA_HOME``) and a CUDA build of torch are present, or when
-  ``ACTFOCUS_FORCE_CUDA=1``; ``ACTFOCUS_CUDA=0`` skips them. Archs come from ``TORCH_CUDA_ARCH_LIST``
-  (default ``8.0;9.0a``); the sm_90 cluster kernel is compiled only when ``9.0a`` is listed.
+- CUDA kernels when a CUDA toolkit and a CUDA build of torch are present, or when
+  ``ACTFOCUS_FORCE_CUDA=1``; ``ACTFOCUS_CUDA=0`` skips them. The toolkit is ``CUDA_HOME``, else the
+  one behind the ``nvcc`` on PATH, a wrapper script included (scripts/cuda_home.py, found before
+  cpp_extension reads ``CUDA_HOME``). Archs come from ``TORCH_CUDA_ARCH_LIST`` (default
+  ``RELEASE_CUDA_ARCHS``: SASS for sm_80, sm_90a, sm_100, sm_120 and the PTX of compute_120); the
+  sm_90 cluster kernel is compiled only when ``9.0a`` is listed.
 - ``ACTFOCUS_NATIVE=0``, or no importable torch (an isolated build), installs pure Python: the
   package then runs its reference and Triton backends.
 
-The version's local tag names what was built, e.g. ``0.1.0+cpu.torch213`` or
-``0.1.0+cu130.torch213.sm80.sm90a`` (``scripts/build_wheels.sh`` builds one wheel per arch set).
+Release flags: ``-O3``, no host debug info (``-g0`` after Python's own ``-g``), no device line info
+(``ACTFOCUS_LINEINFO=1`` adds ``-lineinfo`` for profilers, tripling the SASS). A native build's ``_C`` is bound to the C++ ABI of the torch it
+was compiled against, so its metadata pins that torch minor (``torch==2.14.*``), CPU and CUDA
+builds alike; a pure-Python install accepts the tested range ``TESTED_TORCH``. The version's local
+tag names what was built, e.g. ``0.1.0+cpu.torch213`` or ``0.1.0+cu130.torch214.sm80.sm90a.sm100.sm120``
+(``make wheels`` / ``scripts/build_wheels.sh``).
 """
 from __future__ import annotations
 
 import glob
 import os
+import runpy
 import sys
 
 from setuptools import find_packages, setup
 
 VERSION = "0.1.0"
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CUDA_ARCHS = "8.0;9.0a"
+# sm_80 SASS serves every sm_8x GPU, sm_90a the H100/H200 (with the cluster kernel), sm_100 the
+# B200/GB200/B300, sm_120 the RTX 50 / RTX PRO Blackwell; compute_120 PTX JIT-compiles on newer GPUs.
+RELEASE_CUDA_ARCHS = "8.0;9.0a;10.0;12.0+PTX"
+TESTED_TORCH = ">=2.13,<2.15"  # CI: torch 2.13.0 (CPU build) and 2.14.1 (CUDA build)
 SM90_SOURCES = ("csrc/cuda/kernels/policy_loss_sm90.cu",)
 
 
@@ -32,30 +43,70 @@ def _sources(*patterns: str) -> list[str]:
 
 
 def _arch_list() -> list[str]:
-    """TORCH_CUDA_ARCH_LIST entries (";" or " " separated), e.g. ["8.0", "9.0a"]."""
-    value = os.environ.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_CUDA_ARCHS
+    """TORCH_CUDA_ARCH_LIST entries (";" or " " separated), e.g. ["8.0", "9.0a", "12.0+PTX"]."""
+    value = os.environ.get("TORCH_CUDA_ARCH_LIST") or RELEASE_CUDA_ARCHS
     return [arch for arch in value.replace(" ", ";").split(";") if arch]
 
 
+def _find_cuda_home() -> None:
+    """Sets CUDA_HOME to the toolkit behind a wrapper nvcc, before cpp_extension reads it."""
+    if os.environ.get("ACTFOCUS_CUDA", "1") == "0" or os.environ.get("CUDA_HOME"):
+        return
+    root = runpy.run_path(os.path.join(ROOT, "scripts", "cuda_home.py"))["cuda_home"]()
+    if root is not None:
+        os.environ["CUDA_HOME"] = root
+
+
+def _cuda_build(torch, torch_tag: str) -> tuple[list[str], list[tuple], list[str], list[str], str]:
+    """(sources, define_macros, extra C++ flags, nvcc flags, local version tag) of the CUDA kernels.
+    The arch lists are C++-only macros (build_info in torch_bindings.cpp): nvcc would split a
+    comma-separated -D value into one macro per arch."""
+    archs = _arch_list()
+    os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(archs)
+    arch_names = [arch.replace("+PTX", "").replace(".", "") for arch in archs]
+    ptx_names = [arch.replace("+PTX", "").replace(".", "") for arch in archs if arch.endswith("+PTX")]
+    sources = [path for path in _sources("csrc/cuda/kernels/*.cu") if path not in SM90_SOURCES]
+    macros = [("ACTFOCUS_WITH_CUDA", None)]
+    cxx_flags = ["-DACTFOCUS_CUDA_ARCHS=" + ",".join(f"sm_{name}" for name in arch_names),
+                 "-DACTFOCUS_CUDA_PTX=" + ",".join(f"compute_{name}" for name in ptx_names)]
+    if "90a" in arch_names:
+        sources += list(SM90_SOURCES)
+        macros.append(("ACTFOCUS_WITH_SM90", None))
+    nvcc_flags = ["-O3", "--expt-relaxed-constexpr"]
+    if os.environ.get("ACTFOCUS_LINEINFO", "0") == "1":  # device line info, for profilers: ~3x the SASS
+        nvcc_flags.append("-lineinfo")
+    cuda_tag = "cu" + torch.version.cuda.replace(".", "")
+    tag = ".".join([cuda_tag, torch_tag] + [f"sm{name}" for name in arch_names])
+    return _sources("csrc/cuda/*.cpp") + sources, macros, cxx_flags, nvcc_flags, tag
+
+
 def _native_extension():
-    """(ext_modules, cmdclass, local version tag) of the native build; empty for pure Python."""
+    """(ext_modules, cmdclass, local version tag, torch requirement) of the native build; no
+    extension and the tested torch range for pure Python."""
+    pure = [], {}, "", f"torch{TESTED_TORCH}"
     if os.environ.get("ACTFOCUS_NATIVE", "1") == "0":
-        return [], {}, ""
+        return pure
+    _find_cuda_home()
     try:
         import torch
         from torch.utils import cpp_extension
     except ImportError:
         print("actfocus_kernels: torch is not importable, installing without the native extension",
               file=sys.stderr)
-        return [], {}, ""
+        return pure
 
-    torch_tag = "torch" + "".join(torch.__version__.split("+")[0].split(".")[:2])
+    torch_minor = ".".join(torch.__version__.split("+")[0].split(".")[:2])  # "2.14"
+    torch_tag = "torch" + torch_minor.replace(".", "")
     with_cuda = os.environ.get("ACTFOCUS_CUDA", "1") != "0" and (
         os.environ.get("ACTFOCUS_FORCE_CUDA", "0") == "1"
         or (cpp_extension.CUDA_HOME is not None and torch.version.cuda is not None)
     )
+    if with_cuda and torch.version.cuda is None:
+        raise RuntimeError(
+            "ACTFOCUS_FORCE_CUDA=1 needs a CUDA build of torch (this one is CPU-only); the CUDA "
+            "kernels alone compile without it: bash scripts/compile_cuda.sh")
     sources = _sources("csrc/torch_bindings.cpp", "csrc/cpu/*.cpp", "csrc/cpu/kernels/*.cpp")
-    cxx_flags = ["-O3"]
+    cxx_flags = ["-O3", "-g0"]
     link_flags = []
     if sys.platform.startswith("linux"):
         cxx_flags.append("-fopenmp")
@@ -64,26 +115,12 @@ def _native_extension():
     extension = cpp_extension.CppExtension
     nvcc_flags = []
     tag = f"cpu.{torch_tag}"
-    if with_cuda and torch.version.cuda is None:
-        raise RuntimeError(
-            "ACTFOCUS_FORCE_CUDA=1 needs a CUDA build of torch (this one is CPU-only); the CUDA "
-            "kernels alone compile without it: bash scripts/compile_cuda.sh")
     if with_cuda:
-        archs = _arch_list()
-        os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(archs)
-        arch_names = [arch.replace("+PTX", "").replace(".", "") for arch in archs]
-        cuda_sources = [path for path in _sources("csrc/cuda/kernels/*.cu")
-                        if path not in SM90_SOURCES]
-        define_macros += [("ACTFOCUS_WITH_CUDA", None),
-                          ("ACTFOCUS_CUDA_ARCHS", ",".join(f"sm_{name}" for name in arch_names))]
-        if "90a" in arch_names:
-            cuda_sources += list(SM90_SOURCES)
-            define_macros.append(("ACTFOCUS_WITH_SM90", None))
-        sources += _sources("csrc/cuda/*.cpp") + cuda_sources
-        nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+        cuda_sources, cuda_macros, cuda_cxx_flags, nvcc_flags, tag = _cuda_build(torch, torch_tag)
+        sources += cuda_sources
+        define_macros += cuda_macros
+        cxx_flags += cuda_cxx_flags
         extension = cpp_extension.CUDAExtension
-        cuda_tag = "cu" + torch.version.cuda.replace(".", "")
-        tag = ".".join([cuda_tag, torch_tag] + [f"sm{name}" for name in arch_names])
 
     ext = extension(
         name="actfocus_kernels._C",
@@ -94,10 +131,10 @@ def _native_extension():
         extra_link_args=link_flags,
     )
     build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)
-    return [ext], {"build_ext": build_ext}, tag
+    return [ext], {"build_ext": build_ext}, tag, f"torch=={torch_minor}.*"
 
 
-ext_modules, cmdclass, local_tag = _native_extension()
+ext_modules, cmdclass, local_tag, torch_requirement = _native_extension()
 
 setup(
     name="actfocus_kernels",
@@ -108,7 +145,7 @@ setup(
     packages=find_packages(include=["actfocus_kernels", "actfocus_kernels.*"])
     + find_packages("python", include=["actfocus_trainer", "actfocus_trainer.*"]),
     package_dir={"actfocus_trainer": "python/actfocus_trainer"},
-    install_requires=["torch>=2.5"],
+    install_requires=[torch_requirement],
     extras_require={
         "triton": ["triton>=3.2"],
         "trainer": ["tqdm", "matplotlib"],

@@ -40,7 +40,9 @@ ACTFOCUS_DECLARE_OPS(cuda)
 // What this build contains, for _C.build_info().
 std::vector<std::string> built_backends();
 std::vector<std::string> built_cuda_archs();  // e.g. {"sm_80", "sm_90a"}; empty without CUDA
+std::vector<std::string> built_cuda_ptx();    // embedded PTX, e.g. {"compute_120"}; may be empty
 std::string built_cuda_version();             // e.g. "13.0"; empty without CUDA
+std::string built_torch_version();            // the torch compiled against, e.g. "2.14.1"
 std::string cpu_kernels_capability();         // "avx2" or "default", chosen at run time
 
 }  // namespace actfocus

@@ -4,6 +4,11 @@
 // per-token [N] tensors (targets int64, the rest float32) and return float32 per-token results.
 // Implementations: cpu/<op>.cpp (CPU key), cuda/<op>.cpp (CUDA key); fakes: actfocus_kernels/native.py.
 #include <torch/library.h>
+#include <torch/version.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
 
 #include "ops.h"
 #include "cpu/kernels/row_kernels.h"
@@ -55,18 +60,37 @@ std::vector<std::string> built_backends() {
 #endif
 }
 
-std::vector<std::string> built_cuda_archs() {
-  std::vector<std::string> archs;
-#if defined(ACTFOCUS_WITH_CUDA) && defined(ACTFOCUS_CUDA_ARCHS)
-  const std::string joined = ACTFOCUS_STRINGIFY(ACTFOCUS_CUDA_ARCHS);  // "sm_80,sm_90a"
+namespace {
+
+// The entries of a comma-separated list ("sm_80,sm_90a" -> {"sm_80", "sm_90a"}).
+std::vector<std::string> split_list(const std::string& joined) {
+  std::vector<std::string> entries;
   size_t start = 0;
   while (start <= joined.size()) {
     const size_t comma = std::min(joined.find(',', start), joined.size());
-    if (comma > start) archs.push_back(joined.substr(start, comma - start));
+    if (comma > start) entries.push_back(joined.substr(start, comma - start));
     start = comma + 1;
   }
+  return entries;
+}
+
+}  // namespace
+
+// The arch lists of a CUDA build (setup.py / CMakeLists.txt define them, comma-separated); empty
+// otherwise.
+#if !defined(ACTFOCUS_CUDA_ARCHS)
+#define ACTFOCUS_CUDA_ARCHS
 #endif
-  return archs;
+#if !defined(ACTFOCUS_CUDA_PTX)
+#define ACTFOCUS_CUDA_PTX
+#endif
+
+std::vector<std::string> built_cuda_archs() {
+  return split_list(ACTFOCUS_STRINGIFY(ACTFOCUS_CUDA_ARCHS));  // "sm_80,sm_90a"
+}
+
+std::vector<std::string> built_cuda_ptx() {
+  return split_list(ACTFOCUS_STRINGIFY(ACTFOCUS_CUDA_PTX));  // "compute_120"
 }
 
 std::string built_cuda_version() {
@@ -76,6 +100,8 @@ std::string built_cuda_version() {
   return "";
 #endif
 }
+
+std::string built_torch_version() { return TORCH_VERSION; }
 
 std::string cpu_kernels_capability() { return cpu::row_kernels_capability(); }
 
@@ -98,10 +124,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
         info["cuda_version"] =
             cuda_version.empty() ? pybind11::object(pybind11::none()) : pybind11::str(cuda_version);
         info["archs"] = actfocus::built_cuda_archs();
+        info["ptx"] = actfocus::built_cuda_ptx();
+        info["torch_version"] = actfocus::built_torch_version();
         info["cpu_capability"] = actfocus::cpu_kernels_capability();
         return info;
       },
-      "dict: backends (['cpu'] or ['cpu', 'cuda']), cuda_version (str or None), archs "
-      "(['sm_80', 'sm_90a'], ...), cpu_capability ('avx2' or 'default', chosen at run time)");
+      "dict: backends (['cpu'] or ['cpu', 'cuda']), cuda_version (str or None), archs with SASS "
+      "(['sm_80', 'sm_90a', ...]), ptx (embedded PTX, e.g. ['compute_120']), torch_version (the "
+      "torch it was compiled against, whose C++ ABI it needs), cpu_capability ('avx2' or "
+      "'default', chosen at run time)");
 }
 #endif
