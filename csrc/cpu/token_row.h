@@ -46,8 +46,8 @@ inline void row_gradient(const RowKernels& kernels, const void* row, void* grad_
   if (!stats.has_target) return;
   const float x = stats.target_centred;
   const float p = std::exp(x - stats.stats.log_sum);
-  const float value = grad_scale * (entropy_coef * (p * (x - stats.stats.mean_shift)) - prob_coef * p) +
-                      grad_scale * target_coef;
+  // one product: with p = 1 the bracket cancels to 0 before a huge grad_scale (tiny T) multiplies it
+  const float value = grad_scale * (entropy_coef * (p * (x - stats.stats.mean_shift)) - prob_coef * p + target_coef);
   kernels.store(grad_row, target, value);
 }
 

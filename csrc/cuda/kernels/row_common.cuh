@@ -285,9 +285,9 @@ __device__ __forceinline__ float element_grad(float z, int64_t index, const RowG
   const float x = centred(z, g.row_max, g.k);
   const float p = fast_exp2(x - g.log2_sum);
   // p (x - mean_shift2) first: p = 0 makes it 0 whatever the coefficients are
-  float value = g.grad_scale * (g.entropy_ln2 * (p * (x - g.mean_shift2)) - g.coef * p);
-  if (index == g.target) value += g.grad_scale * g.target_coef;
-  return value;
+  // one product: with p = 1 the bracket cancels to 0 before a huge grad_scale (tiny T) multiplies it
+  const float onehot = index == g.target ? g.target_coef : 0.0f;
+  return g.grad_scale * (g.entropy_ln2 * (p * (x - g.mean_shift2)) - g.coef * p + onehot);
 }
 
 // Number of leading elements of row before its first 16-byte boundary (at most vocab).
