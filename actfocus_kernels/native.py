@@ -5,7 +5,7 @@ An extension that exists but fails to import (ABI mismatch, missing library) is 
 error is kept and shown by ``build_info()["load_error"]`` and by every "backend not available"
 message (``missing_reason``).
 When it is built, this module registers the fake (meta) implementations of the ``actfocus_native``
-ops, mirroring the C++ argument checks (csrc/core/checks.h) with ``torch._check``, so the ops trace
+ops, mirroring the C++ argument checks (csrc/glue/checks.h) with ``torch._check``, so the ops trace
 under ``torch.compile`` and pass ``torch.library.opcheck``.
 
 Schemas (csrc/torch_bindings.cpp), on rows ``logits [N, V]`` (float32/float16/bfloat16, unit stride
