@@ -21,6 +21,9 @@ CU_TORCH ?= 2.14.1
 CU_PY := $(CU_VENV)/bin/python
 CU_STAMP := $(CU_VENV)/.deps-installed
 export MAX_JOBS ?= 2
+# verl's own dependencies pin an older transformers/tensordict: install it alone, its imports come from
+# requirements-dev.txt
+VERL_PIN := verl==0.9.1
 
 .PHONY: test test-cpu test-wheel wheels demo ops-demo bench install deps cu-deps cuda-compile clean
 
@@ -31,7 +34,7 @@ $(STAMP): $(PY) requirements-dev.txt
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements-dev.txt
-	$(PIP) install -q --no-deps liger-kernel==0.8.5
+	$(PIP) install -q --no-deps liger-kernel==0.8.5 $(VERL_PIN)
 	touch $@
 
 deps: $(STAMP)
@@ -45,7 +48,7 @@ $(CU_STAMP): $(CU_PY) requirements-dev.txt
 	$(CU_PY) -m pip install -q torch==$(CU_TORCH)
 	grep -v '^triton==' requirements-dev.txt > $(CU_VENV)/requirements-dev.txt
 	$(CU_PY) -m pip install -q -r $(CU_VENV)/requirements-dev.txt
-	$(CU_PY) -m pip install -q --no-deps liger-kernel==0.8.5
+	$(CU_PY) -m pip install -q --no-deps liger-kernel==0.8.5 $(VERL_PIN)
 	touch $@
 
 cu-deps: $(CU_STAMP)
