@@ -179,10 +179,22 @@ def test_clip_cov_is_reproducible_with_a_generator(device):
     assert any(not torch.equal(first.clipped, o.clipped) for o in other), "the generator must drive the choice"
 
 
-def test_inplace_grad_needs_the_fused_loss(device):
-    data = variant_batch("gspo", device)
-    with pytest.raises(ValueError, match="inplace_grad=True needs the single-pass fused loss"):
-        run(data, "reference", VARIANTS["gspo"], inplace_grad=True)
+@pytest.mark.parametrize("name", ["gspo", "cispo", "kl-k3+"])
+def test_variant_inplace_gradient(backend, device, name):
+    data = variant_batch(name, device)
+    cfg = VARIANTS[name]
+    expected, expected_grad = run(data, backend, cfg)
+    logits = data["logits"].clone().requires_grad_(True)
+    buffer = logits.detach()
+    saved_before = torch.sin(logits)  # an earlier node that saved the logits must raise, not read the gradient
+    out = policy_loss(logits, data["targets"], data["old_logp"], data["advantages"], data["loss_mask"],
+                      ref_logp=data["ref_logp"], cfg=cfg, backend=backend, inplace_grad=True)
+    assert torch.equal(buffer, data["logits"])  # the logits until backward
+    out.loss.backward()
+    assert logits.grad.data_ptr() == buffer.data_ptr()  # no new gradient buffer
+    assert torch.allclose(logits.grad, expected_grad, rtol=1e-6, atol=1e-9) and out.loss == expected.loss
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved_before.sum().backward()
 
 
 @pytest.mark.parametrize("name", [name for name, cfg in VARIANTS.items() if cfg.policy != "clip_cov"])
