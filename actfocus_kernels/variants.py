@@ -22,7 +22,10 @@ with ``r = exp(clamp(logp - old_logp, -20, 20))``, ``A`` the advantage, ``m`` th
 - ``clip_cov`` (verl): ``ppo`` without dual clip, and a random ``clip_cov_ratio`` share of the tokens whose
   ``cov = (A - mean A)(logp - mean logp)`` lies in ``(lb, ub)`` (and are not clipped) loses its term;
 - ``kl_cov`` (verl): ``-A r``, plus ``kl_cov_coef |logp - old_logp|`` on the top ``kl_cov_ratio`` share of
-  tokens by ``cov``.
+  tokens by ``cov``;
+- ``dppo_tv`` / ``dppo_kl`` (verl): ``-A sg(min(r, dppo_ratio_cap)) logp`` on the tokens whose probability
+  moved less than the bound (``p - p_old`` within ``[-lo, hi]``, or the binary KL of ``p_old`` to ``p``
+  within ``lo``/``hi`` unless ``p`` moved the advantage's way), 0 elsewhere.
 
 KL (``kl_type``, ``d = logp - ref``): k1 ``d``, k2 ``d^2/2``, k3 ``e^-d + d - 1``, abs ``|d|``,
 low_var_kl (verl's k3) ``clamp(e^x - x - 1, -10, 10)`` with ``x = clamp(-d, -20, 20)``, and the
@@ -55,6 +58,7 @@ GSPO_TOKEN_LOG_CLAMP = 10.0  # verl gspo: the token-level sequence log-ratio is 
 GMPO_EPS = 1e-8  # verl geo_mean: sum_t m + 1e-8
 GMPO_WEIGHT_EPS = 1e-10  # verl geo_mean: log(w + 1e-10)
 VERL_MEAN_EPS = 1e-8  # verl masked_mean: sum / (sum m + 1e-8)
+DPPO_EPS = 1e-8  # verl dppo_kl: log((1 - p_old + 1e-8) / (1 - p + 1e-8))
 
 
 def is_fused(cfg: PolicyLossConfig) -> bool:
@@ -255,9 +259,27 @@ def _kl_cov(ctx: _Context) -> PolicyTerms:
     return PolicyTerms(torch.where(selected, penalised, loss), ratio, selected)
 
 
+def _dppo(ctx: _Context) -> PolicyTerms:
+    cfg, advantages = ctx.cfg, ctx.advantages
+    ratio = _token_ratio(ctx)
+    prob, old_prob = torch.exp(ctx.logp.detach()), torch.exp(ctx.logp.detach() - ctx.log_ratio.detach())
+    if cfg.policy == "dppo_tv":
+        valid = torch.where(advantages > 0, prob - old_prob <= cfg.clip_high, prob - old_prob >= -cfg.clip_low)
+    else:
+        old_logp = ctx.logp.detach() - ctx.log_ratio.detach()
+        binary_kl = (old_prob * (old_logp - ctx.logp.detach())
+                     + (1 - old_prob) * torch.log((1.0 - old_prob + DPPO_EPS) / (1.0 - prob + DPPO_EPS)))
+        valid = torch.where(advantages > 0, (binary_kl <= cfg.clip_high) | (prob <= old_prob),
+                            (binary_kl <= cfg.clip_low) | (prob >= old_prob))
+    truncated = torch.clamp(ratio, max=cfg.dppo_ratio_cap).detach()
+    loss = torch.where(valid, -advantages * truncated * ctx.logp, 0.0)
+    return PolicyTerms(loss, ratio, ~valid)
+
+
 POLICIES: dict[str, Callable[[_Context], PolicyTerms]] = {
     "ppo": _ppo, "gspo": _gspo, "gspo_token": _gspo_token, "cispo": _cispo, "cispo_two_sided": _cispo,
     "sapo": _sapo, "gpg": _gpg, "dro": _dro, "gmpo": _gmpo, "clip_cov": _clip_cov, "kl_cov": _kl_cov,
+    "dppo_tv": _dppo, "dppo_kl": _dppo,
 }
 
 

@@ -150,6 +150,14 @@ def _policy_terms(cfg, logp, old, adv, m, mask, groups, generator):
             loss = -(logp[i] * a - 0.5 * cfg.dro_beta * lr ** 2)
         elif cfg.policy == "kl_cov":
             loss = -a * r + (cfg.kl_cov_coef * lr.abs() if i in chosen else 0)
+        elif cfg.policy in ("dppo_tv", "dppo_kl"):
+            p, p_old = torch.exp(logp[i].detach()), torch.exp(old[i])
+            if cfg.policy == "dppo_tv":
+                keep = (p - p_old <= hi) if a > 0 else (p - p_old >= -lo)
+            else:
+                kl = p_old * (old[i] - logp[i].detach()) + (1 - p_old) * torch.log((1 - p_old + 1e-8) / (1 - p + 1e-8))
+                keep = (kl <= hi or p <= p_old) if a > 0 else (kl <= lo or p >= p_old)
+            loss = -a * torch.clamp(r, max=cfg.dppo_ratio_cap).detach() * logp[i] if keep else logp[i] * 0
         losses.append(loss)
         ratios.append(r)
     return losses, ratios

@@ -230,7 +230,8 @@ def verl_actor_loss(data, options: VerlOptions, weights=None, seed=0):
 
 
 VERL_POLICIES = {"vanilla": "ppo", "gspo": "gspo_token", "sapo": "sapo", "gpg": "gpg", "clip_cov": "clip_cov",
-                 "kl_cov": "kl_cov", "geo_mean": "gmpo", "dro": "dro", "cispo": "cispo_two_sided"}
+                 "kl_cov": "kl_cov", "geo_mean": "gmpo", "dro": "dro", "cispo": "cispo_two_sided",
+                 "dppo_tv": "dppo_tv", "dppo_kl": "dppo_kl"}
 VERL_KL = {"kl": "k1", "k1": "k1", "abs": "abs", "mse": "k2", "k2": "k2", "low_var_kl": "low_var_kl",
            "k3": "low_var_kl", "k1+": "k1+", "k3+": "k3+", "low_var_kl+": "k3+"}
 
@@ -251,6 +252,7 @@ def verl_config(options: VerlOptions) -> PolicyLossConfig:
         clip_cov_ratio=loss_options.get("clip_cov_ratio", 0.0002), clip_cov_lb=loss_options.get("clip_cov_lb", 1.0),
         clip_cov_ub=loss_options.get("clip_cov_ub", 5.0), kl_cov_ratio=loss_options.get("kl_cov_ratio", 0.0002),
         kl_cov_coef=loss_options.get("ppo_kl_coef", 0.1), dro_beta=loss_options.get("dro_beta") or 1.0,
+        dppo_ratio_cap=options.clip_ratio_c,
     )
 
 
@@ -277,6 +279,8 @@ VERL_CASES = {
     "geo_mean": VerlOptions(mode="geo_mean", clip_low=0.3, clip_high=0.3),
     "dro": VerlOptions(mode="dro", policy_loss={"dro_beta": 0.5}),
     "cispo": VerlOptions(mode="cispo"),
+    "dppo_tv": VerlOptions(mode="dppo_tv", clip_low=0.002, clip_high=0.002, clip_ratio_c=1.2),
+    "dppo_kl": VerlOptions(mode="dppo_kl", clip_low=1e-5, clip_high=1e-5, clip_ratio_c=1.2),
 }
 
 

@@ -25,6 +25,8 @@ VARIANTS = {
     "gmpo": PolicyLossConfig(policy="gmpo", clip_low=0.3, clip_high=0.3),
     "clip_cov": PolicyLossConfig(policy="clip_cov", clip_cov_ratio=0.2, clip_cov_lb=-0.5, clip_cov_ub=2.0),
     "kl_cov": PolicyLossConfig(policy="kl_cov", kl_cov_ratio=0.2, kl_cov_coef=1.0),
+    "dppo_tv": PolicyLossConfig(policy="dppo_tv", clip_low=0.002, clip_high=0.002, dppo_ratio_cap=1.2),
+    "dppo_kl": PolicyLossConfig(policy="dppo_kl", clip_low=1e-5, clip_high=1e-5, dppo_ratio_cap=1.2),
     "kl-abs": PolicyLossConfig(kl_coef=0.1, kl_type="abs"),
     "kl-k1+": PolicyLossConfig(kl_coef=0.1, kl_type="k1+"),
     "kl-k3+": PolicyLossConfig(kl_coef=0.1, kl_type="k3+"),
@@ -39,7 +41,7 @@ VARIANTS = {
 }
 # variants with a clip branch: the test batches must put tokens on both sides of it
 CLIPPING = {"ppo-delta", "gspo", "gspo-delta", "gspo_token", "cispo", "cispo_two_sided", "gmpo", "clip_cov",
-            "kl_cov"}
+            "kl_cov", "dppo_tv", "dppo_kl"}
 
 
 def seed_of(name: str) -> int:
