@@ -25,7 +25,9 @@ with ``r = exp(clamp(logp - old_logp, -20, 20))``, ``A`` the advantage, ``m`` th
   tokens by ``cov``;
 - ``dppo_tv`` / ``dppo_kl`` (verl): ``-A sg(min(r, dppo_ratio_cap)) logp`` on the tokens whose probability
   moved less than the bound (``p - p_old`` within ``[-lo, hi]``, or the binary KL of ``p_old`` to ``p``
-  within ``lo``/``hi`` unless ``p`` moved the advantage's way), 0 elsewhere.
+  within ``lo``/``hi`` unless ``p`` moved the advantage's way), 0 elsewhere;
+- ``vespo`` (TRL): ``-sg(phi) A logp`` with the gamma weight ``phi = exp(lam + k log w - lam w)`` of the
+  sequence ratio ``w = exp(clamp(sum_t m clamp(lr, +-20), log 1e-8, 20))``, ``(k, lam)`` by the sign of A.
 
 KL (``kl_type``, ``d = logp - ref``): k1 ``d``, k2 ``d^2/2``, k3 ``e^-d + d - 1``, abs ``|d|``,
 low_var_kl (verl's k3) ``clamp(e^x - x - 1, -10, 10)`` with ``x = clamp(-d, -20, 20)``, and the
@@ -41,6 +43,7 @@ functions, then autograd's ``row_gradient`` pass (one read + one write).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
@@ -58,6 +61,8 @@ GSPO_TOKEN_LOG_CLAMP = 10.0  # verl gspo: the token-level sequence log-ratio is 
 GMPO_EPS = 1e-8  # verl geo_mean: sum_t m + 1e-8
 GMPO_WEIGHT_EPS = 1e-10  # verl geo_mean: log(w + 1e-10)
 VERL_MEAN_EPS = 1e-8  # verl masked_mean: sum / (sum m + 1e-8)
+VESPO_LOG_MIN = math.log(1e-8)  # TRL vespo: the sequence log-ratio is clamped to [log 1e-8, 20]
+VESPO_LAMBDA_MIN = 1e-4  # TRL vespo: lambda.clamp(min=1e-4)
 DPPO_EPS = 1e-8  # verl dppo_kl: log((1 - p_old + 1e-8) / (1 - p + 1e-8))
 
 
@@ -276,10 +281,21 @@ def _dppo(ctx: _Context) -> PolicyTerms:
     return PolicyTerms(loss, ratio, ~valid)
 
 
+def _vespo(ctx: _Context) -> PolicyTerms:
+    cfg, advantages = ctx.cfg, ctx.advantages
+    log_ratio = torch.clamp(ctx.log_ratio.detach(), -RATIO_LOG_CLAMP, RATIO_LOG_CLAMP)
+    log_w = torch.clamp(ctx.seq_sum(ctx.m * log_ratio), VESPO_LOG_MIN, RATIO_LOG_CLAMP)[ctx.rows.seq_ids]
+    nonneg = advantages >= 0
+    k = torch.where(nonneg, cfg.vespo_k_pos, cfg.vespo_k_neg)
+    lam = torch.where(nonneg, cfg.vespo_lambda_pos, cfg.vespo_lambda_neg).clamp(min=VESPO_LAMBDA_MIN)
+    phi = torch.exp(lam + k * log_w - lam * torch.exp(log_w)).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+    return PolicyTerms(-phi * advantages * ctx.logp, torch.exp(log_w), torch.zeros_like(ctx.mask))
+
+
 POLICIES: dict[str, Callable[[_Context], PolicyTerms]] = {
     "ppo": _ppo, "gspo": _gspo, "gspo_token": _gspo_token, "cispo": _cispo, "cispo_two_sided": _cispo,
     "sapo": _sapo, "gpg": _gpg, "dro": _dro, "gmpo": _gmpo, "clip_cov": _clip_cov, "kl_cov": _kl_cov,
-    "dppo_tv": _dppo, "dppo_kl": _dppo,
+    "dppo_tv": _dppo, "dppo_kl": _dppo, "vespo": _vespo,
 }
 
 

@@ -27,6 +27,7 @@ VARIANTS = {
     "kl_cov": PolicyLossConfig(policy="kl_cov", kl_cov_ratio=0.2, kl_cov_coef=1.0),
     "dppo_tv": PolicyLossConfig(policy="dppo_tv", clip_low=0.002, clip_high=0.002, dppo_ratio_cap=1.2),
     "dppo_kl": PolicyLossConfig(policy="dppo_kl", clip_low=1e-5, clip_high=1e-5, dppo_ratio_cap=1.2),
+    "vespo": PolicyLossConfig(policy="vespo", norm_tokens=17.0),
     "kl-abs": PolicyLossConfig(kl_coef=0.1, kl_type="abs"),
     "kl-k1+": PolicyLossConfig(kl_coef=0.1, kl_type="k1+"),
     "kl-k3+": PolicyLossConfig(kl_coef=0.1, kl_type="k3+"),
@@ -50,9 +51,9 @@ def seed_of(name: str) -> int:
 
 def variant_batch(name, device, batch=4, length=6, vocab=300):
     data = make_batch(batch, length, vocab, device=device, seed=seed_of(name))
-    # centred at 0.5 (both signs still occur): a loss that cancels to nearly 0 would measure the fp32
+    # centred at 1 (both signs still occur): a loss that cancels to nearly 0 would measure the fp32
     # cancellation of its terms rather than the variant
-    data["advantages"] += 0.5
+    data["advantages"] += 1.0
     data["loss_mask"][2] = 0  # an empty row: the normaliser conventions differ on it
     return data
 
@@ -222,7 +223,7 @@ def test_variant_compiles_fullgraph(device, name):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("policy", "vespo", "policy must be one of"),
+    ("policy", "bypass_mode", "policy must be one of"),
     ("delta", 0.0, "delta must be > 0"),
     ("sapo_tau_neg", -1.0, "sapo_tau_neg must be > 0"),
     ("entropy_agg", "seq-mean", "entropy_agg must be one of"),
