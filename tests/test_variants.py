@@ -9,6 +9,7 @@ from actfocus_kernels import ActFocusConfig, PolicyLossConfig, linear_policy_los
 from actfocus_kernels.variants import is_fused
 from judge import judge_policy_loss, make_batch
 from test_linear import judge_linear, leaves, linear_batch
+from test_ops import compare_compiled_step
 from tolerances import GRAD_RTOL, OUTPUT_RTOL, assert_rel_close
 
 # parameters chosen so that every clip / selection branch fires on the test batches
@@ -211,15 +212,7 @@ def test_variant_compiles_fullgraph(device, name):
                           ref_logp=data["ref_logp"], cfg=cfg, backend="reference")
         return out.loss, out.clip_frac
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    eager_logits = data["logits"].clone().requires_grad_(True)
-    compiled_logits = data["logits"].clone().requires_grad_(True)
-    eager_loss, eager_clip = step(eager_logits)
-    compiled_loss, compiled_clip = compiled(compiled_logits)
-    eager_loss.backward()
-    compiled_loss.backward()
-    assert torch.allclose(compiled_loss, eager_loss, rtol=1e-6) and torch.allclose(compiled_clip, eager_clip)
-    assert torch.allclose(compiled_logits.grad, eager_logits.grad, rtol=1e-6, atol=1e-9)
+    compare_compiled_step(step, data["logits"], "aot_eager")
 
 
 @pytest.mark.parametrize("field, value, message", [
