@@ -52,7 +52,7 @@ PolicyLossResult policy_loss_cpu(const at::Tensor& logits, const at::Tensor& tar
   const float inv_temperature = clamped_over_temperature(1.0, temperature);
   const float entropy_coef_f = loss_options.entropy_coef;
 
-  at::parallel_for(0, n, cpu::rows_per_task(vocab), [&](int64_t begin, int64_t end) {
+  cpu::for_each_row(n, vocab, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const void* row_ptr = rows + row * row_bytes;
       const cpu::TokenRow stats = cpu::token_row(kernels, row_ptr, vocab, target_values[row],

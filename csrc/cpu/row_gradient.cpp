@@ -35,7 +35,7 @@ void row_gradient_cpu(const at::Tensor& logits, const at::Tensor& targets_in,
   const float* entropy_coefs = args.entropy_coef.const_data_ptr<float>();
   const float inv_temperature = clamped_over_temperature(1.0, temperature);
 
-  at::parallel_for(0, n, cpu::rows_per_task(vocab), [&](int64_t begin, int64_t end) {
+  cpu::for_each_row(n, vocab, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const void* row_ptr = rows + row * row_bytes;
       void* grad_row = grad_rows + row * grad_row_bytes;

@@ -1,7 +1,10 @@
 // Per-row statistics of the CPU ops: runs the row kernels and finishes logp / energy / entropy.
 #pragma once
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -51,10 +54,34 @@ inline void row_gradient(const RowKernels& kernels, const void* row, void* grad_
   kernels.store(grad_row, target, value);
 }
 
-// Rows per parallel task: enough elements to amortise a task.
-inline int64_t rows_per_task(int64_t vocab) {
-  constexpr int64_t kElementsPerTask = 32768;
-  return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(vocab, 1));
+// Parallel loop over rows: body(begin, end) on row ranges.
+//
+// - Serial below kMinElementsPerThread elements per thread: a parallel region on a loaded machine waits
+//   for its slowest thread to be scheduled (milliseconds on a shared 2-core box), more than a small
+//   call's whole work (docs/performance.md: the floor at N <= 64).
+// - Above, one task per thread that takes blocks of about kElementsPerBlock elements from a shared
+//   counter (dynamic scheduling): a thread descheduled for a while leaves its rows to the others
+//   instead of holding the whole call up to its static share.
+constexpr int64_t kMinElementsPerThread = int64_t{1} << 20;  // 4 MiB of fp32 logits, ~0.2 ms
+constexpr int64_t kElementsPerBlock = int64_t{1} << 15;
+
+template <typename Body>
+void for_each_row(int64_t rows, int64_t vocab, const Body& body) {
+  const int64_t elements = rows * std::max<int64_t>(vocab, 1);
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), elements / kMinElementsPerThread);
+  if (threads <= 1 || at::in_parallel_region()) {
+    body(int64_t{0}, rows);
+    return;
+  }
+  const int64_t block = std::max<int64_t>(1, kElementsPerBlock / std::max<int64_t>(vocab, 1));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (;;) {
+      const int64_t begin = next.fetch_add(block, std::memory_order_relaxed);
+      if (begin >= rows) break;
+      body(begin, std::min(rows, begin + block));
+    }
+  });
 }
 
 }  // namespace actfocus::cpu

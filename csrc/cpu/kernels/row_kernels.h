@@ -34,13 +34,14 @@ struct RowKernels {
   void (*zero)(void* row, int64_t vocab);
 };
 
-// Kernels for dtype on this machine's best compiled capability ("avx2" or "default"),
+// Kernels for dtype on this machine's best compiled capability ("avx512", "avx2" or "default"),
 // respecting ATEN_CPU_CAPABILITY.
 const RowKernels& row_kernels(RowDtype dtype);
 const char* row_kernels_capability();
 
-// Per-capability tables (one per translation unit); avx2 is null where it is not compiled.
+// Per-capability tables (one per translation unit); avx2 / avx512 are null where not compiled.
 const RowKernels* row_kernels_default(RowDtype dtype);
 const RowKernels* row_kernels_avx2(RowDtype dtype);
+const RowKernels* row_kernels_avx512(RowDtype dtype);
 
 }  // namespace actfocus::cpu
