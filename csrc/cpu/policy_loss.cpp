@@ -55,8 +55,9 @@ PolicyLossResult policy_loss_cpu(const at::Tensor& logits, const at::Tensor& tar
   cpu::for_each_row(n, vocab, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const void* row_ptr = rows + row * row_bytes;
+      const void* next_row = row + 1 < end ? rows + (row + 1) * row_bytes : nullptr;
       const cpu::TokenRow stats = cpu::token_row(kernels, row_ptr, vocab, target_values[row],
-                                                 ignore_index, temperature, inv_temperature);
+                                                 ignore_index, temperature, inv_temperature, next_row);
       TokenInputs inputs;
       inputs.has_target = stats.has_target;
       inputs.scale = scale_values[row];

@@ -46,8 +46,9 @@ void row_gradient_cpu(const at::Tensor& logits, const at::Tensor& targets_in,
         kernels.zero(grad_row, vocab);
         continue;
       }
+      const void* next_row = row + 1 < end ? rows + (row + 1) * row_bytes : nullptr;
       const cpu::TokenRow stats = cpu::token_row(kernels, row_ptr, vocab, target_values[row],
-                                                 ignore_index, temperature, inv_temperature);
+                                                 ignore_index, temperature, inv_temperature, next_row);
       cpu::row_gradient(kernels, row_ptr, grad_row, vocab, inv_temperature, stats, target_values[row],
                         inv_temperature, target_coef, prob_coef, entropy_coef);
     }

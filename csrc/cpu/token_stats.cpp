@@ -31,7 +31,7 @@ TokenStatsResult token_stats_cpu(const at::Tensor& logits, const at::Tensor& tar
     for (int64_t row = begin; row < end; ++row) {
       const cpu::TokenRow stats =
           cpu::token_row(kernels, rows + row * row_bytes, vocab, target_values[row], ignore_index,
-                         temperature, inv_temperature);
+                         temperature, inv_temperature, row + 1 < end ? rows + (row + 1) * row_bytes : nullptr);
       logp_out[row] = static_cast<float>(stats.logp);
       energy_out[row] = stats.energy;
       entropy_out[row] = stats.entropy;

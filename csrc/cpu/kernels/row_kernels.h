@@ -21,7 +21,9 @@ struct RowStats {
 
 struct RowKernels {
   // Statistics of row[0:vocab]; -inf entries contribute 0 (the row needs one finite entry).
-  RowStats (*stats)(const void* row, int64_t vocab, float inv_temperature);
+  // next_row (may be null): the row read next by this thread, which the kernel may prefetch into L2
+  // while it computes (the memory read of one row then overlaps the arithmetic of the previous one).
+  RowStats (*stats)(const void* row, int64_t vocab, float inv_temperature, const void* next_row);
   // grad_row[v] = grad_scale * (entropy_coef * p_v (x_v - mean_shift) - coef * p_v) with
   // p_v = exp(x_v - log_sum): the row gradient without its one-hot term.
   // grad_row may equal row (each element is read before it is written).

@@ -121,10 +121,10 @@ inline float max_keep_nan(float a, float b) {
 }
 
 template <typename T, bool kScaled>
-RowStats row_sums(const T* row, int64_t vocab, float inv_temperature, float row_max);
+RowStats row_sums(const T* row, int64_t vocab, float inv_temperature, float row_max, const char* next_row);
 
 template <typename T>
-RowStats row_stats(const void* row_ptr, int64_t vocab, float inv_temperature) {
+RowStats row_stats(const void* row_ptr, int64_t vocab, float inv_temperature, const void* next_row) {
   const T* row = static_cast<const T*>(row_ptr);
   constexpr int64_t kUnroll = 4;
   const int64_t body = vocab - vocab % (kUnroll * kLanes);
@@ -145,8 +145,9 @@ RowStats row_stats(const void* row_ptr, int64_t vocab, float inv_temperature) {
   }
   const float row_max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)));
 
-  const RowStats result = inv_temperature == 1.0f ? row_sums<T, false>(row, vocab, inv_temperature, row_max)
-                                                  : row_sums<T, true>(row, vocab, inv_temperature, row_max);
+  const char* next = static_cast<const char*>(next_row);
+  const RowStats result = inv_temperature == 1.0f ? row_sums<T, false>(row, vocab, inv_temperature, row_max, next)
+                                                  : row_sums<T, true>(row, vocab, inv_temperature, row_max, next);
   const float sum = result.sum;
   // a NaN or +inf logit makes the whole row NaN (a NaN reaches sum through pass 2's arithmetic; every
   // exp(x) of a finite row lies in [0, 1], so its sum is finite)
@@ -159,7 +160,7 @@ RowStats row_stats(const void* row_ptr, int64_t vocab, float inv_temperature) {
 
 // Pass 2: sum exp(x) and sum exp(x) x / sum, x = (z - max z) / T clamped at -88 (where exp(x) is 0).
 template <typename T, bool kScaled>
-RowStats row_sums(const T* row, int64_t vocab, float inv_temperature, float row_max) {
+RowStats row_sums(const T* row, int64_t vocab, float inv_temperature, float row_max, const char* next_row) {
   const __m512 minus_inf = _mm512_set1_ps(-kInf);
   const __m512 v_inv_temperature = _mm512_set1_ps(inv_temperature), v_row_max = _mm512_set1_ps(row_max);
   const __m512 zero = _mm512_setzero_ps();
@@ -172,7 +173,14 @@ RowStats row_sums(const T* row, int64_t vocab, float inv_temperature, float row_
   };
   const int64_t pairs = vocab - vocab % (2 * kLanes);
   int64_t i = 0;
+  // the next row into L2, a line at a time, interleaved with the arithmetic (prefetches never fault)
+  constexpr int64_t kPairBytes = 2 * kLanes * static_cast<int64_t>(sizeof(T));
   for (; i < pairs; i += 2 * kLanes) {
+    if (next_row != nullptr) {
+      const char* line = next_row + i * static_cast<int64_t>(sizeof(T));
+      _mm_prefetch(line, _MM_HINT_T1);
+      if (kPairBytes > 64) _mm_prefetch(line + 64, _MM_HINT_T1);
+    }
     accumulate(Lanes<T>::load(row + i), s0, w0);
     accumulate(Lanes<T>::load(row + i + kLanes), s1, w1);
   }
@@ -180,6 +188,12 @@ RowStats row_sums(const T* row, int64_t vocab, float inv_temperature, float row_
     const int64_t count = std::min<int64_t>(kLanes, vocab - i);
     // lanes past the row read -inf: exp gives 0 there
     accumulate(Lanes<T>::load(row + i, tail_mask(count), minus_inf), s0, w0);
+  }
+  if (next_row != nullptr) {  // the next row's last lines (its tail past the pairs above)
+    for (int64_t byte = pairs * static_cast<int64_t>(sizeof(T)); byte < vocab * static_cast<int64_t>(sizeof(T));
+         byte += 64) {
+      _mm_prefetch(next_row + byte, _MM_HINT_T1);
+    }
   }
   const float sum = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
   const float wsum = _mm512_reduce_add_ps(_mm512_add_ps(w0, w1));
