@@ -138,8 +138,9 @@ def linear_targets(rounds: int) -> dict:
     rows = chunk_rows(point.tokens, point.vocab, torch.float32, torch.device("cpu"), "cpu")
     gradients = 4 * (point.tokens + point.vocab) * point.hidden
     inputs.zero_grads()
-    # the per-token outputs (5 fp32 + 1 bool) and the loss's own per-token inputs it derives (scale, ...)
-    per_token = 64 * point.tokens
+    # the per-token outputs (5 fp32 + 1 bool), the per-token inputs the loss derives (scale, ...) and the
+    # scalar loss: 64 bytes per token and 64 bytes
+    per_token = 64 * point.tokens + 64
     return dict(timed, extra_bytes=extra, chunk_rows=rows, chunk_bytes=4 * rows * point.vocab,
                 gradient_bytes=gradients, per_token_bytes=per_token)
 
