@@ -221,8 +221,8 @@ class Runner:
         self.meta["cpu_targets"] = ceilings.measure_cpu_targets(self.log)
         self.save()
 
-    def run(self, ops: list[str], targets: bool = True) -> None:
-        if targets:
+    def run(self, ops: list[str]) -> None:
+        if self.sizes_name == "cpu":  # the targets' sizes (N=1024, V=32000; linear N=512, H=512)
             self.measure_targets()
         for point, jobs in self.plan(ops):
             self.run_point(point, sorted(jobs, key=lambda job: job.variant.family != "naive"))

@@ -37,6 +37,7 @@ PolicyLossResult policy_loss_cpu(const at::Tensor& logits, const at::Tensor& tar
   const int64_t row_bytes = logits.stride(0) * logits.element_size();
   char* grad_rows = dlogits.has_value() ? static_cast<char*>(dlogits->data_ptr()) : nullptr;
   const int64_t grad_row_bytes = dlogits.has_value() ? dlogits->stride(0) * dlogits->element_size() : 0;
+  if (grad_rows != nullptr && grad_rows != rows) cpu::advise_huge_pages(grad_rows, n * grad_row_bytes);
   const int64_t* target_values = args.rows.targets.const_data_ptr<int64_t>();
   const float* old_values = args.old_logp.has_value() ? args.old_logp->const_data_ptr<float>() : nullptr;
   const float* ref_values = args.ref_logp.has_value() ? args.ref_logp->const_data_ptr<float>() : nullptr;

@@ -29,6 +29,7 @@ void row_gradient_cpu(const at::Tensor& logits, const at::Tensor& targets_in,
   const int64_t row_bytes = logits.stride(0) * logits.element_size();
   char* grad_rows = static_cast<char*>(dlogits.data_ptr());
   const int64_t grad_row_bytes = dlogits.stride(0) * dlogits.element_size();
+  if (grad_rows != rows) cpu::advise_huge_pages(grad_rows, n * grad_row_bytes);
   const int64_t* target_values = args.targets.const_data_ptr<int64_t>();
   const float* target_coefs = args.target_coef.const_data_ptr<float>();
   const float* prob_coefs = args.prob_coef.const_data_ptr<float>();
