@@ -45,7 +45,7 @@ class StudyConfig:
     envs: tuple[str, ...] = ("frozenlake", "sokoban")
     env_overrides: dict = field(default_factory=lambda: {
         "frozenlake": {"env_kwargs": {"random_start": True}},
-        "sokoban": {"steps": 8, "warmstart_steps": 80, "eval_episodes": 64}})
+        "sokoban": {"steps": 8, "warmstart_steps": 120, "eval_episodes": 64}})
     reasoning: tuple[str, ...] = ("random", "templated")
     seeds: int = 5
     ablation_env: str = "frozenlake"
