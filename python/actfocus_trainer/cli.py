@@ -160,7 +160,8 @@ def cmd_study(args) -> None:
     if study.ablation_env not in envs:
         study = dataclasses.replace(study, ablation_env=envs[0])
     given = {k: v for k, v in (("steps", args.steps), ("warmstart_steps", args.warmstart_steps),
-                               ("eval_episodes", args.eval_episodes), ("prompts", args.prompts)) if v is not None}
+                               ("eval_episodes", args.eval_episodes), ("prompts", args.prompts),
+                               ("group_size", args.group_size)) if v is not None}
     if given:  # a smaller grid (tests, quick looks): the values apply to every environment
         overrides = {env: {k: v for k, v in o.items() if k not in given} for env, o in study.env_overrides.items()}
         study = dataclasses.replace(study, base=dataclasses.replace(study.base, **given), env_overrides=overrides)
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     p_study.add_argument("--warmstart-steps", type=NON_NEGATIVE_INT, default=None)
     p_study.add_argument("--eval-episodes", type=POSITIVE_INT, default=None)
     p_study.add_argument("--prompts", type=POSITIVE_INT, default=None, help="start states per RL step")
+    p_study.add_argument("--group-size", type=POSITIVE_INT, default=None, help="GRPO rollouts per start state")
     p_study.add_argument("--c1-prompts", type=POSITIVE_INT, default=64, help="C1 prompts")
     p_study.add_argument("--c1-group-size", type=POSITIVE_INT, default=8)
     p_study.add_argument("--c1-resamples", type=POSITIVE_INT, default=1000, help="bootstrap resamples and permutations")

@@ -64,7 +64,7 @@ def test_two_short_runs_are_identical():
 def test_study_command_on_a_tiny_grid(tmp_path, capsys):
     out = tmp_path / "study"
     main(["study", "--envs", "frozenlake", "--seeds", "2", "--steps", "1", "--warmstart-steps", "2",
-          "--eval-episodes", "4", "--prompts", "2", "--c1-prompts", "4", "--c1-group-size", "2", "--c1-resamples", "20", "--out", str(out)])
+          "--eval-episodes", "4", "--prompts", "2", "--group-size", "2", "--c1-prompts", "4", "--c1-group-size", "2", "--c1-resamples", "20", "--out", str(out)])
     summary = json.loads((out / "study.json").read_text())
     assert summary["machine"]["cpu"] and summary["seeds"] == [0, 1]
     assert set(summary["cells"]) == {"frozenlake/random", "frozenlake/templated"}
