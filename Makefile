@@ -7,6 +7,8 @@
 #                   wheel (CUDA kernels registered, not run)
 # make wheels   — dist/: the CUDA wheel (.venv-cu's torch) and the CPU wheel (.venv's torch), checked
 # make demo     — the reference trainer's default comparison (GRPO vs GRPO+ActFocus on FrozenLake, CPU)
+# make study   — the Action Bottleneck study (every arm, 5 seeds, both envs and reasoning modes, the
+#                 ablation, C1) into docs/study/; 42.7 min on the shared 2-core dev machine (2 processes)
 # make ops-demo — a short CPU tour of the ops (statistics, weights, loss, naive-vs-fused timing)
 # make bench    — the CPU benchmark suite and its comparison table, then each policy variant against its
 #                 eager form (benchmarks/bench_variants.py)
@@ -26,7 +28,7 @@ export MAX_JOBS ?= 2
 # requirements-dev.txt
 VERL_PIN := verl==0.9.1
 
-.PHONY: test test-cpu test-wheel wheels demo ops-demo bench install deps cu-deps cuda-compile clean
+.PHONY: test test-cpu test-wheel wheels demo study ops-demo bench install deps cu-deps cuda-compile clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +84,9 @@ wheels: deps cu-deps
 
 demo: install
 	$(PY) -m actfocus_trainer compare --env frozenlake
+
+study: install
+	$(PY) -m actfocus_trainer study --out docs/study
 
 ops-demo: install
 	$(PY) scripts/ops_demo.py

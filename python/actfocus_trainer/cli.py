@@ -1,4 +1,4 @@
-"""Command line: ``python -m actfocus_trainer train|compare|diagnose`` (``--help`` on each)."""
+"""Command line: ``python -m actfocus_trainer train|compare|diagnose|study`` (``--help`` on each)."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,8 @@ import torch
 
 from .compare import format_table, run_compare
 from .envs import ENV_NAMES
+from .machine import set_threads
+from .reasoning import REASONING_MODES
 from .train import EVAL_SEED_OFFSET, TrainConfig, prepare_policy, resolve_device, rollouts, train
 
 
@@ -38,6 +40,8 @@ FINITE = _number(float, -math.inf, strict=True)
 
 def check_paths(parser: argparse.ArgumentParser, args) -> None:
     """Paths are checked before any work: an output directory that is a file, a missing checkpoint or model."""
+    if getattr(args, "reference", None) and not Path(args.reference).is_file():
+        parser.error(f"--reference {args.reference} does not exist")
     if args.out is not None and args.command != "diagnose" and Path(args.out).is_file():
         parser.error(f"--out {args.out} is an existing file, not a directory")
     if args.out is not None and args.command == "diagnose" and Path(args.out).is_dir():
@@ -78,6 +82,8 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                      help="what a turn sees: its own observation, or the whole trajectory so far")
     run.add_argument("--max-response-tokens", type=POSITIVE_INT, default=d.max_response_tokens)
     run.add_argument("--warmstart-steps", type=NON_NEGATIVE_INT, default=d.warmstart_steps)
+    run.add_argument("--reasoning", default=d.reasoning, choices=REASONING_MODES,
+                     help="warm-start reasoning: random words (control) or templated from the state")
     run.add_argument("--eval-episodes", type=POSITIVE_INT, default=d.eval_episodes)
     run.add_argument("--reasoning-weight", type=NON_NEGATIVE, default=d.reasoning_weight, help="ActFocus lambda")
     run.add_argument("--redistribution", type=FINITE, default=d.redistribution, help="ActFocus gamma")
@@ -87,7 +93,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--device", default=d.device)
     run.add_argument("--backend", default=d.backend, choices=("auto", "reference", "cpu", "cuda", "triton"))
     run.add_argument("--threads", type=POSITIVE_INT, default=1,
-                     help="CPU threads for torch (the built-in model is too small to gain from more)")
+                     help="CPU threads for torch (fixed, so runs repeat; the built-in model gains nothing from more)")
     run.add_argument("--out", default=None,
                      help="output directory (default under runs/); for diagnose, a JSON file for the report")
     run.add_argument("--no-progress", action="store_true")
@@ -121,30 +127,49 @@ def cmd_compare(args) -> None:
 
 
 def cmd_diagnose(args) -> None:
-    from .diagnostics import diagnose
+    from .c1 import C1Config, format_c1, measure_c1
     from .policy import load_policy
     from .tokenizer import WordTokenizer
 
     cfg = config_from(args)
+    device = resolve_device(cfg.device)
     if args.checkpoint:
-        policy, tokenizer = load_policy(args.checkpoint, resolve_device(cfg.device)), WordTokenizer()
+        policy, tokenizer = load_policy(args.checkpoint, device), WordTokenizer()
     else:
         policy, tokenizer = prepare_policy(cfg, not args.no_progress)
+    reference = load_policy(args.reference, device) if args.reference else policy
+    c1 = C1Config(prompts=args.prompts, group_size=args.group_size, seed=cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     seeds = [EVAL_SEED_OFFSET + i for i in range(args.prompts)]
-    report = diagnose(policy, tokenizer, lambda s, g: rollouts(policy, tokenizer, cfg, s, g, generator),
-                      seeds, args.group_size, cfg.context, cfg.actfocus_config(), cfg.backend)
-    print(f"{report['episodes']} rollouts ({args.prompts} prompts x {args.group_size}), success "
-          f"{100 * report['success']:.1f}%, prompts with reward spread: {report['prompts_with_reward_spread']}")
-    print("| weights | tokens | token share | share of ‖dz‖ | mean ‖dz‖ | corr(‖dz‖, reward var) "
-          "| corr(‖dz‖ at A=1, reward var) |")
-    print("|---|---|---|---|---|---|---|")
-    for weights in ("vanilla", "actfocus"):
-        for name, row in report[weights].items():
-            print(f"| {weights} | {name} | {100 * row['token_share']:.1f}% | {100 * row['signal_share']:.1f}% | "
-                  f"{row['mean_norm']:.2e} | {row['corr_reward_var']:+.2f} | {row['corr_unit_reward_var']:+.2f} |")
+    episodes = rollouts(policy, tokenizer, cfg, seeds, args.group_size, generator)
+    report = measure_c1(policy, reference, tokenizer, episodes, cfg.context, cfg.actfocus_config(), c1,
+                        cfg.backend).to_dict()
+    print(format_c1(report))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+def cmd_study(args) -> None:
+    from .c1 import C1Config
+    from .study import StudyConfig, run_study
+
+    envs = tuple(args.envs.split(","))
+    if not set(envs) <= set(ENV_NAMES):
+        raise SystemExit(f"--envs takes names from {ENV_NAMES}, got {args.envs!r}")
+    study = StudyConfig(seeds=args.seeds, workers=args.workers, envs=envs)
+    if study.ablation_env not in envs:
+        study = dataclasses.replace(study, ablation_env=envs[0])
+    given = {k: v for k, v in (("steps", args.steps), ("warmstart_steps", args.warmstart_steps),
+                               ("eval_episodes", args.eval_episodes), ("prompts", args.prompts),
+                               ("group_size", args.group_size)) if v is not None}
+    if given:  # a smaller grid (tests, quick looks): the values apply to every environment
+        overrides = {env: {k: v for k, v in o.items() if k not in given} for env, o in study.env_overrides.items()}
+        study = dataclasses.replace(study, base=dataclasses.replace(study.base, **given), env_overrides=overrides)
+    study = dataclasses.replace(study, c1=C1Config(prompts=args.c1_prompts, group_size=args.c1_group_size,
+                                                   resamples=args.c1_resamples, permutations=args.c1_resamples))
+    summary = run_study(study, Path(args.out))
+    print((Path(args.out) / "tables.md").read_text())
+    print(f"\n{summary['minutes']:.1f} min; tables, plots and study.json in {args.out}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -159,12 +184,28 @@ def main(argv: list[str] | None = None) -> None:
     add_common(p_compare)
     p_compare.add_argument("--algos", default="grpo", help="comma-separated: grpo, ppo")
     p_compare.add_argument("--seeds", type=POSITIVE_INT, default=3, help="number of seeds (0, 1, ...)")
-    p_diagnose = commands.add_parser("diagnose", help="measure the Action Bottleneck on a batch of rollouts")
+    p_diagnose = commands.add_parser("diagnose", help="measure C1 (the Action Bottleneck) on a batch of rollouts")
     add_common(p_diagnose)
     p_diagnose.add_argument("--checkpoint", default=None, help="policy.pt written by train (default: warm start)")
+    p_diagnose.add_argument("--reference", default=None,
+                            help="policy.pt of the frozen reference model (default: the policy itself)")
     p_diagnose.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
-    p_diagnose.set_defaults(prompts=32)
+    p_diagnose.set_defaults(prompts=64)
+    p_study = commands.add_parser("study", help="the Action Bottleneck study: every arm, seeds, ablation, C1")
+    p_study.add_argument("--out", default="docs/study", help="directory for tables.md, study.json and plots")
+    p_study.add_argument("--seeds", type=POSITIVE_INT, default=5)
+    p_study.add_argument("--envs", default="frozenlake,sokoban", help="comma-separated environments")
+    p_study.add_argument("--workers", type=POSITIVE_INT, default=2, help="processes (one torch thread each)")
+    p_study.add_argument("--steps", type=POSITIVE_INT, default=None, help="RL steps, every environment")
+    p_study.add_argument("--warmstart-steps", type=NON_NEGATIVE_INT, default=None)
+    p_study.add_argument("--eval-episodes", type=POSITIVE_INT, default=None)
+    p_study.add_argument("--prompts", type=POSITIVE_INT, default=None, help="start states per RL step")
+    p_study.add_argument("--group-size", type=POSITIVE_INT, default=None, help="GRPO rollouts per start state")
+    p_study.add_argument("--c1-prompts", type=POSITIVE_INT, default=64, help="C1 prompts")
+    p_study.add_argument("--c1-group-size", type=POSITIVE_INT, default=8)
+    p_study.add_argument("--c1-resamples", type=POSITIVE_INT, default=1000, help="bootstrap resamples and permutations")
+    p_study.set_defaults(model=None, threads=1)
     args = parser.parse_args(argv)
     check_paths(parser, args)
-    torch.set_num_threads(args.threads)
-    {"train": cmd_train, "compare": cmd_compare, "diagnose": cmd_diagnose}[args.command](args)
+    set_threads(args.threads)
+    {"train": cmd_train, "compare": cmd_compare, "diagnose": cmd_diagnose, "study": cmd_study}[args.command](args)

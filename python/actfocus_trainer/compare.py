@@ -2,22 +2,23 @@
 
 Per seed the policy is warm-started once and every arm starts from a copy of it, so arms differ
 only in the update rule (and the sampling it leads to). The table reports the success rate on the
-shared evaluation states before RL and after it: mean ± sample std over seeds, and each seed.
+shared evaluation states before RL and after it: the mean with its 95% t interval over seeds
+(``stats.mean_ci``), and each seed; the header names the CPU (or GPU) and torch's thread count.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import json
-import os
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from .machine import machine_record
 from .plots import plot_runs
-from .train import TrainConfig, prepare_policy, resolve_device, train
+from .stats import mean_ci
+from .train import TrainConfig, evaluate, prepare_policy, resolve_device, train
 
 
 def run_compare(base: TrainConfig, algos: list[str], seeds: list[int], out_dir: Path,
@@ -31,35 +32,39 @@ def run_compare(base: TrainConfig, algos: list[str], seeds: list[int], out_dir: 
     for seed in seeds:
         seed_cfg = dataclasses.replace(base, seed=seed)
         policy, tokenizer = prepare_policy(seed_cfg, progress)
+        initial = evaluate(policy, tokenizer, seed_cfg)
         for algo, actfocus in arms:
             cfg = dataclasses.replace(seed_cfg, algo=algo, actfocus=actfocus)
-            run = train(cfg, copy.deepcopy(policy), tokenizer, out_dir / f"{cfg.label}-seed{seed}", progress)
+            run = train(cfg, copy.deepcopy(policy), tokenizer, out_dir / f"{cfg.label}-seed{seed}", progress,
+                        initial_success=initial)
             results[cfg.label].append({"seed": seed, "initial": run.initial_success, "final": run.final_success})
             records[cfg.label].append(run.records)
     plot_path = out_dir / "compare.png"
     plot_runs(records, plot_path, title=f"{base.env}: training success, {len(seeds)} seeds")
     summary = {"env": base.env, "env_kwargs": base.env_kwargs, "steps": base.steps,
                "episodes_per_step": base.prompts * base.group_size, "seeds": seeds,
-               "device": describe_device(base.device), "minutes": (time.time() - started) / 60,
+               "device": describe_device(base.device),
+               "machine": machine_record(), "minutes": (time.time() - started) / 60,
                "results": results, "plot": str(plot_path)}
     (out_dir / "compare.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def describe_device(name: str) -> str:
-    """``"<GPU name>"`` or ``"<n>-core CPU"`` for the table's header."""
+    """``"<GPU name>"`` or ``"<CPU model>, <n> cores, <t> torch thread(s)"`` for the table's header."""
     device = resolve_device(name)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{os.cpu_count()}-core CPU"
+    machine = machine_record()
+    return f"{machine['cpu']}, {machine['cores']} cores, {machine['threads']} torch thread(s)"
 
 
-def spread(values: list[float]) -> str:
-    """``mean ± sample std`` in percent (no ± for a single value)."""
-    mean = 100 * statistics.mean(values)
+def interval(values: list[float]) -> str:
+    """``mean [low, high]`` in percent: the 95% t interval over seeds (just the mean for one value)."""
+    ci = mean_ci(values)
     if len(values) < 2:
-        return f"{mean:.1f}%"
-    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}%"
+        return f"{100 * ci.mean:.1f}%"
+    return f"{100 * ci.mean:.1f}% [{100 * ci.low:.1f}, {100 * ci.high:.1f}]"
 
 
 def format_table(summary: dict) -> str:
@@ -68,10 +73,10 @@ def format_table(summary: dict) -> str:
              f"{summary['episodes_per_step']} episodes, seeds {summary['seeds']}, {summary['device']}, "
              f"{summary['minutes']:.1f} min",
              "",
-             "| arm | success before RL | final success (mean ± std) | per seed |",
+             "| arm | success before RL | final success, mean [95% CI] | per seed |",
              "|---|---|---|---|"]
     for label, runs in summary["results"].items():
         per_seed = " / ".join(f"{100 * run['final']:.0f}" for run in runs)
-        lines.append(f"| {label} | {spread([r['initial'] for r in runs])} | "
-                     f"{spread([r['final'] for r in runs])} | {per_seed} |")
+        lines.append(f"| {label} | {interval([r['initial'] for r in runs])} | "
+                     f"{interval([r['final'] for r in runs])} | {per_seed} |")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ REASONING_WORDS = (
     "go", "push", "avoid", "move", "up", "down", "left", "right", "above", "below", "next",
     "far", "near", "safe", "path", "then", "first", "maybe", "try", "row", "column", "blocked",
 )
+NUMBER_WORDS = tuple(str(i) for i in range(8))  # cell coordinates in templated reasoning
 
 
 class WordTokenizer:
@@ -23,7 +24,7 @@ class WordTokenizer:
 
     def __init__(self, extra_words: tuple[str, ...] = ()):
         words = list(SPECIAL) + list(TAGS) + list(ACTIONS)
-        for word in FrozenLake.symbols + Sokoban.symbols + REASONING_WORDS + tuple(extra_words):
+        for word in FrozenLake.symbols + Sokoban.symbols + REASONING_WORDS + NUMBER_WORDS + tuple(extra_words):
             if word not in words:
                 words.append(word)
         self.words = words

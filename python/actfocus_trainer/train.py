@@ -46,8 +46,9 @@ class TrainConfig:
     agg: str = "seq-mean-token-mean"
     temperature: float = 1.0
     context: str = "turn"
-    max_response_tokens: int = 16
+    max_response_tokens: int = 20
     warmstart_steps: int = 100
+    reasoning: str = "random"
     eval_episodes: int = 128
     seed: int = 0
     device: str = "auto"
@@ -91,7 +92,8 @@ def resolve_device(name: str) -> torch.device:
 
 def prepare_policy(cfg: TrainConfig, progress: bool = True):
     """``(policy, tokenizer)``: the built-in model (seeded by ``cfg.seed``) or ``cfg.model``,
-    warm-started for ``cfg.warmstart_steps`` steps on random well-formed turns."""
+    warm-started for ``cfg.warmstart_steps`` steps on well-formed turns with random actions and
+    ``cfg.reasoning`` reasoning."""
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if cfg.model:
@@ -103,7 +105,7 @@ def prepare_policy(cfg: TrainConfig, progress: bool = True):
         with tqdm(total=cfg.warmstart_steps, desc="warm start", disable=not progress, leave=False) as bar:
             warm_start(policy, tokenizer, lambda: make_env(cfg.env, **cfg.env_kwargs),
                        steps=cfg.warmstart_steps, context=cfg.context, seed=cfg.seed,
-                       instructions=cfg.model is not None, progress=bar)
+                       reasoning=cfg.reasoning, instructions=cfg.model is not None, progress=bar)
     return policy, tokenizer
 
 
@@ -136,13 +138,14 @@ def episode_metrics(episodes) -> dict[str, float]:
 
 
 def train(cfg: TrainConfig, policy=None, tokenizer=None, out_dir: str | Path | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, initial_success: float | None = None) -> TrainResult:
     """Run ``cfg.steps`` RL steps (warm-starting a fresh policy unless one is given).
 
     Each step plays ``prompts`` start states: GRPO ``group_size`` rollouts each, PPO one rollout
     from each of ``prompts * group_size`` start states, so both see the same number of episodes.
     With ``out_dir``: ``log.jsonl`` (one record per step), ``config.json``, ``curve.png`` and, for the
-    built-in model, ``policy.pt``.
+    built-in model, ``policy.pt``. ``initial_success`` (the given policy's ``evaluate``) skips
+    measuring it again.
     """
     started = time.time()
     if policy is None:
@@ -151,7 +154,7 @@ def train(cfg: TrainConfig, policy=None, tokenizer=None, out_dir: str | Path | N
     generator = torch.Generator().manual_seed(cfg.seed)
     learner = Learner(policy, cfg.algo_config(), cfg.context)
     device = next(policy.parameters()).device
-    initial = evaluate(policy, tokenizer, cfg)
+    initial = evaluate(policy, tokenizer, cfg) if initial_success is None else initial_success
     records = []
     bar = tqdm(range(1, cfg.steps + 1), desc=f"{cfg.label} seed {cfg.seed}", disable=not progress, leave=False)
     for step in bar:

@@ -78,6 +78,15 @@ class TextEnv:
     def render(self) -> str:
         raise NotImplementedError
 
+    def position(self) -> tuple[int, int]:
+        """The player's ``(row, column)``."""
+        raise NotImplementedError
+
+    def outcome(self, action: str) -> str:
+        """What ``action`` would meet from the current state, as one reasoning word (see
+        ``reasoning.templated_reasoning``); a function of the state only."""
+        raise NotImplementedError
+
 
 def grid_text(rows: list[list[str]]) -> str:
     """Rows of cell words joined as ``a b c | d e f | ...`` (``|`` ends a row)."""

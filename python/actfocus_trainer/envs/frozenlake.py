@@ -110,6 +110,16 @@ class FrozenLake(TextEnv):
         rows[self.pos[0]][self.pos[1]] = "P"
         return grid_text(rows)
 
+    def position(self) -> tuple[int, int]:
+        return self.pos
+
+    def outcome(self, action: str) -> str:
+        """``wall`` (off the grid: no move), ``hole``, ``goal`` or ``safe`` ice for the intended move."""
+        row, col = self.pos[0] + MOVES[action][0], self.pos[1] + MOVES[action][1]
+        if not (0 <= row < self.size and 0 <= col < self.size):
+            return "wall"
+        return {"H": "hole", "G": "goal"}.get(self.tiles[row][col], "safe")
+
     def optimal_turns(self) -> int | None:
         """Moves on the shortest hole-free path from the current tile (deterministic ice)."""
         return shortest_path_length(self.tiles, self.pos)

@@ -169,6 +169,20 @@ class Sokoban(TextEnv):
         rows[self.player[0]][self.player[1]] = "+" if self.player == level.target else "@"
         return grid_text(rows)
 
+    def position(self) -> tuple[int, int]:
+        return self.player
+
+    def outcome(self, action: str) -> str:
+        """``wall`` (no move), ``push`` (the box moves), ``blocked`` (the box cannot move),
+        ``target`` (an empty target tile) or ``safe`` floor."""
+        move = MOVES[action]
+        nxt = _add(self.player, move)
+        if nxt in self.level.walls:
+            return "wall"
+        if nxt == self.box:
+            return "blocked" if _add(self.box, move) in self.level.walls else "push"
+        return "target" if nxt == self.level.target else "safe"
+
     def current_level(self) -> Level:
         """The level as it stands now (for the solver)."""
         return Level(self.size, self.level.walls, self.level.target, self.box, self.player)
