@@ -22,7 +22,7 @@ from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-from actfocus_kernels.integrations.trl import ActFocusGRPOConfig, ActFocusGRPOTrainer, PPO_LOSS_TYPES  # noqa: E402
+from actfocus_kernels.integrations.trl import ActFocusGRPOConfig, ActFocusGRPOTrainer, LOSS_TYPES  # noqa: E402
 
 from toy_lm import PROMPTS, toy_model_dir, toy_reward, toy_tokenizer  # noqa: E402
 
@@ -84,16 +84,15 @@ def logged(trainer, key: str) -> list:
 
 
 # loss type -> the option sets run through two training steps (each also on-policy by default)
-TRAIN_CASES = [(loss_type, {}) for loss_type in PPO_LOSS_TYPES] + [
-    (loss_type, dict(steps_per_generation=2)) for loss_type in ("grpo", "dapo")  # TRL computes old log-probs
-] + [
-    (loss_type, dict(gradient_accumulation_steps=2, mask_truncated_completions=True))
-    for loss_type in ("grpo", "dapo", "dr_grpo")
-] + [
-    ("grpo", dict(beta=0.1, use_bias_correction_kl=False, epsilon=0.1, epsilon_high=0.3)),
+TRAIN_CASES = [(loss_type, {}) for loss_type in LOSS_TYPES if loss_type != "cispo"] + [
+    ("cispo", dict(epsilon_high=5.0)),
+    ("grpo", dict(steps_per_generation=2)),  # TRL computes old log-probs
+    ("dapo", dict(gradient_accumulation_steps=2, mask_truncated_completions=True)),
+    ("grpo", dict(importance_sampling_level="sequence", steps_per_generation=2, delta=1.05)),
+    ("dapo", dict(beta=0.1)),  # TRL's default use_bias_correction_kl=True
+    ("dapo", dict(entropy_coef=0.05, gradient_accumulation_steps=2)),
     ("dapo", dict(top_entropy_quantile=0.5, steps_per_generation=2)),
     ("dr_grpo", dict(off_policy_mask_threshold=1e-4, steps_per_generation=2)),
-    ("bnpo", dict(entropy_coef=0.05)),
 ]
 
 
@@ -134,8 +133,24 @@ def rollout_batch(trainer, seed: int = 1) -> dict:
     return inputs
 
 
-LOSS_CASES = [(loss_type, {}) for loss_type in PPO_LOSS_TYPES] + [
-    (loss_type, dict(beta=0.05, use_bias_correction_kl=False)) for loss_type in PPO_LOSS_TYPES
+LOSS_CASES = [(loss_type, {}) for loss_type in LOSS_TYPES if loss_type != "cispo"] + [
+    ("cispo", dict(epsilon_high=1.2)),
+    ("cispo", dict(epsilon_high=5.0, beta=0.05)),
+    ("sapo", dict(sapo_temperature_pos=0.8, sapo_temperature_neg=1.3, beta=0.05, use_bias_correction_kl=False)),
+] + [
+    (loss_type, dict(beta=0.05, use_bias_correction_kl=False)) for loss_type in ("grpo", "dapo", "dr_grpo")
+] + [
+    (loss_type, dict(beta=0.05)) for loss_type in ("grpo", "bnpo", "luspo")  # bias-corrected KL
+] + [
+    (loss_type, dict(importance_sampling_level="sequence", beta=0.05))
+    for loss_type in ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+] + [
+    ("grpo", dict(delta=1.1)),
+    ("dapo", dict(delta=1.1, importance_sampling_level="sequence", epsilon_high=0.28)),
+    ("grpo", dict(entropy_coef=0.1)),
+    ("dapo", dict(entropy_coef=0.1)),
+    ("cispo", dict(entropy_coef=0.1, epsilon_high=5.0)),
+    ("grpo", dict(vllm="sequence_is", importance_sampling_level="sequence")),
 ] + [
     ("grpo", dict(vllm="token_is")),
     ("dapo", dict(vllm="sequence_is")),
@@ -170,7 +185,8 @@ def test_loss_and_gradients_equal_stock_trl(loss_type, options, model_dir, token
     assert float(stock_grad.norm()) > 0
     assert abs(float(our_loss - stock_loss)) <= LOSS_TOL * max(abs(float(stock_loss)), 1.0)
     assert rel(our_grad, stock_grad) <= GRAD_TOL
-    for key in ("entropy", "clip_ratio/low_mean", "clip_ratio/high_mean", "kl", "policy_loss"):
+    for key in ("entropy", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/low_min", "kl",
+                "policy_loss", "cispo_clip_ratio"):
         assert ours._metrics["train"][key] == pytest.approx(stock._metrics["train"][key], rel=1e-5, abs=1e-6)
 
 
@@ -230,13 +246,10 @@ def test_neutral_actfocus_equals_stock_trl(model_dir, tokenizer, dataset, tmp_pa
 
 UNCOVERED = [
     dict(loss_type="vespo"),
-    dict(loss_type="cispo"),
-    dict(loss_type="sapo"),
-    dict(importance_sampling_level="sequence", loss_type="grpo"),
-    dict(delta=1.5),
-    dict(beta=0.1),  # TRL's default use_bias_correction_kl=True
+    dict(loss_type="cispo"),  # epsilon_high = epsilon = 0.2: min(r, 0.2)
+    dict(loss_type="sapo", importance_sampling_level="sequence"),
+    dict(loss_type="cispo", epsilon_high=5.0, importance_sampling_level="sequence"),
     dict(use_adaptive_entropy=True, loss_type="bnpo"),
-    dict(entropy_coef=0.1, loss_type="dapo"),
     dict(entropy_coef=0.1, loss_type="bnpo", top_entropy_quantile=0.5),
     dict(actfocus_scope="turn"),
 ]
@@ -256,8 +269,8 @@ def test_bad_actfocus_fields_are_construction_errors(tmp_path):
 
 
 def test_plain_grpo_config_is_checked_by_the_trainer(model_dir, tokenizer, dataset, tmp_path):
-    with pytest.raises(ValueError, match="loss_type='cispo'"):
-        build(ActFocusGRPOTrainer, GRPOConfig, model_dir, tokenizer, dataset, tmp_path, loss_type="cispo")
+    with pytest.raises(ValueError, match="loss_type='vespo'"):
+        build(ActFocusGRPOTrainer, GRPOConfig, model_dir, tokenizer, dataset, tmp_path, loss_type="vespo")
 
 
 def test_softcapped_model_is_a_construction_error(tokenizer, dataset, tmp_path):

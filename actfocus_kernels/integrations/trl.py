@@ -10,20 +10,25 @@ gradients equal stock TRL's; an option it does not cover is a ``ValueError`` at 
 The mapping, with ``m`` the completion mask (times TRL's tool mask), ``l`` the token loss and ``GA``
 the current gradient-accumulation steps (1 in eval):
 
-- ``grpo``: ``mean_i sum_t m l / max(sum_t m, 1)`` over all rows = ``seq-mean-token-mean`` (a mean
-  over the non-empty rows) times ``non-empty rows / rows``, then ``/ GA``;
-- ``bnpo``: ``token-mean`` (local), ``/ GA``; ``dr_grpo``: ``seq-mean-token-sum-norm`` with
-  ``norm_len = max_completion_length``, ``/ GA``; ``luspo`` (token level): ``seq-mean-token-sum``,
-  ``/ GA``;
-- ``dapo``: ``token-mean`` with ``norm_tokens = num_items_in_batch / num_processes * GA /
-  steps_per_generation`` (train; eval: ``num_items_in_batch / num_processes``);
-- ``epsilon`` / ``epsilon_high`` -> ``clip_low`` / ``clip_high``; ``beta`` with
-  ``use_bias_correction_kl=False`` -> ``kl_coef`` with ``kl_type="k3"`` against
-  ``ref_per_token_logps``; ``entropy_coef`` (``bnpo``, whose policy normaliser is TRL's entropy
-  mean) -> ``entropy_coef``; ``temperature`` -> ``temperature``;
+- ``grpo``, ``sapo``: ``mean_i sum_t m l / max(sum_t m, 1)`` over all rows = ``seq-mean-token-mean``
+  with ``empty_seqs="count"``, ``/ GA``; ``bnpo``: ``token-mean`` (local), ``/ GA``; ``dr_grpo``:
+  ``seq-mean-token-sum-norm`` with ``norm_len = max_completion_length``, ``/ GA``; ``luspo``:
+  ``seq-mean-token-sum``, ``/ GA``; ``dapo``, ``cispo``: ``token-mean`` with ``norm_tokens =
+  num_items_in_batch / num_processes * GA / steps_per_generation`` (train; eval: ``num_items_in_batch
+  / num_processes``);
+- the policy term: ``policy="ppo"`` (``"gspo"`` at ``importance_sampling_level="sequence"``) with
+  ``epsilon`` / ``epsilon_high`` -> ``clip_low`` / ``clip_high`` and ``delta`` -> ``delta``;
+  ``cispo`` -> ``policy="cispo"`` with ``clip_high = epsilon_high - 1`` (TRL's ``min(r,
+  epsilon_high)``); ``sapo`` -> ``policy="sapo"`` with ``sapo_temperature_pos/neg`` ->
+  ``sapo_tau_pos/neg``;
+- ``beta`` -> ``kl_coef`` with ``kl_type="k3"`` against ``ref_per_token_logps``,
+  ``use_bias_correction_kl`` -> ``kl_bias_correction``; ``entropy_coef`` -> ``entropy_coef`` with
+  ``entropy_agg="token-mean"`` (TRL's bonus is a token mean whatever the loss type, divided by
+  ``GA``: for dapo/cispo the coefficient carries that ``1 / GA``); ``temperature`` -> ``temperature``;
 - token weights (they scale the policy term only, as TRL's masks do): the off-policy sequence mask
   (``off_policy_mask_threshold``), the high-entropy mask (``top_entropy_quantile``, from the
-  current entropies), the vLLM importance-sampling ratio, and the ActFocus weights.
+  current entropies), the vLLM importance-sampling ratio (token or sequence modes), and the ActFocus
+  weights.
 
 With ``actfocus_enabled=True`` the action mask comes from the span rule over each decoded completion
 (``integrations.spans``) and the ActFocus weights from the rollout policy's statistics when TRL
@@ -50,6 +55,8 @@ from .spans import (DEFAULT_ACTION_PATTERN, action_token_mask, check_offsets_tok
 IGNORE_INDEX = -100
 #: loss types whose policy term is the PPO clip (TRL's ``coef_1`` / ``coef_2`` branch)
 PPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+#: every loss type the trainer reproduces (TRL's vespo is not covered)
+LOSS_TYPES = PPO_LOSS_TYPES + ("cispo", "sapo")
 
 
 @dataclass
@@ -100,17 +107,15 @@ def _entropy_bonus(args) -> bool:
 def check_trl_options(args) -> None:
     """A ``ValueError`` naming the first TRL option (of ``GRPOConfig`` ``args``) this trainer does
     not reproduce exactly."""
+    epsilon_high = args.epsilon_high if args.epsilon_high is not None else args.epsilon
     uncovered = [
-        (args.loss_type not in PPO_LOSS_TYPES,
-         f"loss_type={args.loss_type!r} (covered: {', '.join(PPO_LOSS_TYPES)})"),
-        (args.importance_sampling_level != "token",
-         f"importance_sampling_level={args.importance_sampling_level!r} (covered: 'token')"),
-        (args.delta is not None, f"delta={args.delta!r} (covered: None)"),
-        (args.beta != 0.0 and args.use_bias_correction_kl,
-         "beta > 0 with use_bias_correction_kl=True (covered: beta=0, or use_bias_correction_kl=False)"),
-        (args.use_adaptive_entropy, "use_adaptive_entropy=True"),
-        (_entropy_bonus(args) and args.loss_type != "bnpo",
-         f"entropy_coef != 0 with loss_type={args.loss_type!r} (covered: 'bnpo')"),
+        (args.loss_type not in LOSS_TYPES, f"loss_type={args.loss_type!r} (covered: {', '.join(LOSS_TYPES)})"),
+        (args.importance_sampling_level == "sequence" and args.loss_type in ("cispo", "sapo"),
+         f"importance_sampling_level='sequence' with loss_type={args.loss_type!r} (covered: 'token')"),
+        (args.loss_type == "cispo" and epsilon_high < 1.0,
+         f"loss_type='cispo' with epsilon_high={epsilon_high!r} < 1 (the ratio cap min(r, epsilon_high) is "
+         "covered from 1 up)"),
+        (args.use_adaptive_entropy, "use_adaptive_entropy=True (covered: a constant entropy_coef)"),
         (_entropy_bonus(args) and args.top_entropy_quantile < 1.0,
          "entropy_coef != 0 with top_entropy_quantile < 1"),
         (getattr(args, "actfocus_scope", "sequence") != "sequence",
@@ -143,25 +148,33 @@ def check_trl_model(model, is_vlm: bool, aux_loss_enabled: bool) -> None:
 @dataclass(frozen=True)
 class LossPlan:
     """How one TRL micro-batch's loss is computed: the ``PolicyLossConfig`` and the factor the
-    returned loss is multiplied by (TRL's grpo row count and gradient accumulation)."""
+    returned loss is multiplied by (gradient accumulation, where TRL's normaliser does not hold it)."""
 
     cfg: PolicyLossConfig
     loss_factor: float
 
 
-def trl_loss_plan(trainer: GRPOTrainer, inputs: dict, mask: Tensor, mode: str) -> LossPlan:
+def trl_loss_plan(trainer: GRPOTrainer, inputs: dict, mode: str) -> LossPlan:
     """The ``PolicyLossConfig`` and loss factor reproducing ``trainer``'s loss on ``inputs``."""
-    args = trainer.args
+    args, loss_type = trainer.args, trainer.loss_type
     accumulation = trainer.current_gradient_accumulation_steps if mode == "train" else 1.0
-    common = dict(clip_low=trainer.epsilon_low, clip_high=trainer.epsilon_high, temperature=trainer.temperature,
-                  kl_coef=trainer.beta, kl_type="k3", entropy_coef=trainer.entropy_coef if _entropy_bonus(args) else 0.0,
-                  ignore_index=IGNORE_INDEX)
-    loss_type = trainer.loss_type
-    if loss_type == "grpo":
-        rows = mask.shape[0]
-        non_empty = int((mask.sum(-1) > 0).sum())
-        return LossPlan(PolicyLossConfig(agg="seq-mean-token-mean", **common),
-                        (non_empty / rows if rows else 1.0) / accumulation)
+    sequence = trainer.importance_sampling_level == "sequence"
+    policy = loss_type if loss_type in ("cispo", "sapo") else ("gspo" if sequence else "ppo")
+    global_norm = loss_type in ("dapo", "cispo")  # TRL's normaliser already holds the accumulation
+    bonus = _entropy_bonus(args)
+    common = dict(
+        policy=policy, clip_low=trainer.epsilon_low,
+        clip_high=trainer.epsilon_high - 1.0 if policy == "cispo" else trainer.epsilon_high,
+        delta=args.delta if policy in ("ppo", "gspo") else None,
+        sapo_tau_pos=args.sapo_temperature_pos, sapo_tau_neg=args.sapo_temperature_neg,
+        temperature=trainer.temperature, kl_coef=trainer.beta, kl_type="k3",
+        kl_bias_correction=trainer.beta != 0.0 and args.use_bias_correction_kl,
+        entropy_coef=(trainer.entropy_coef / (accumulation if global_norm else 1.0)) if bonus else 0.0,
+        # bnpo's policy normaliser is TRL's entropy mean: aggregated alike, it keeps the fused kernel
+        entropy_agg="token-mean" if bonus and loss_type != "bnpo" else None,
+        ignore_index=IGNORE_INDEX)
+    if loss_type in ("grpo", "sapo"):
+        return LossPlan(PolicyLossConfig(agg="seq-mean-token-mean", empty_seqs="count", **common), 1 / accumulation)
     if loss_type == "bnpo":
         return LossPlan(PolicyLossConfig(agg="token-mean", **common), 1.0 / accumulation)
     if loss_type == "dr_grpo":
@@ -169,7 +182,7 @@ def trl_loss_plan(trainer: GRPOTrainer, inputs: dict, mask: Tensor, mode: str) -
                                          **common), 1.0 / accumulation)
     if loss_type == "luspo":
         return LossPlan(PolicyLossConfig(agg="seq-mean-token-sum", **common), 1.0 / accumulation)
-    # dapo: TRL's normaliser spans the generation batch, rescaled to one accumulation window
+    # dapo, cispo: TRL's normaliser spans the generation batch, rescaled to one accumulation window
     normalizer = float(inputs["num_items_in_batch"].clamp(min=1.0)) / trainer.accelerator.num_processes
     if mode == "train":
         normalizer = normalizer * trainer.current_gradient_accumulation_steps / args.steps_per_generation
@@ -306,7 +319,7 @@ class ActFocusGRPOTrainer(GRPOTrainer):
         hidden = self._actfocus_hidden(model, input_ids, attention_mask, completion_ids.size(1))
         weight, bias = self._actfocus_head()
         mode = "train" if self.model.training else "eval"
-        plan = trl_loss_plan(self, inputs, mask, mode)
+        plan = trl_loss_plan(self, inputs, mode)
         advantages = inputs["advantages"]
         advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
 
@@ -336,32 +349,50 @@ class ActFocusGRPOTrainer(GRPOTrainer):
     # -- metrics --------------------------------------------------------------------------------------
 
     def _global_masked_mean(self, x: Tensor, mask: Tensor) -> float:
-        """TRL's ``global_masked_mean``: ``sum m x / sum m`` over every process."""
-        totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().float()]), reduction="sum")
+        """TRL's ``global_masked_mean`` over every process: ``sum m x / sum m``, or the mean over the
+        rows of a per-sequence ``x [B, 1]``."""
+        if x.shape[1] == 1:
+            local = torch.stack([x.sum(), torch.tensor(float(x.shape[0]), device=x.device)])
+        else:
+            local = torch.stack([(x * mask).sum(), mask.sum().float()])
+        totals = self.accelerator.reduce(local, reduction="sum")
         return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+    def _masked_seq_mean(self, x: Tensor, mask: Tensor) -> Tensor:
+        """TRL's ``masked_seq_mean``, gathered over processes."""
+        return self.accelerator.gather(x.squeeze(1) if x.shape[1] == 1 else (x * mask).sum(-1) / mask.sum(-1))
 
     def _log_trl_metrics(self, mode: str, out: PolicyLossOutput, mask: Tensor, advantages: Tensor, inputs: dict,
                          plan: LossPlan) -> None:
-        """The metrics stock TRL logs for the covered options, from the loss's detached outputs."""
-        metrics = self._metrics[mode]
+        """The metrics stock TRL logs for the covered options, from the loss's detached outputs; the
+        importance ratio is per sequence ``[B, 1]`` at TRL's sequence level, as TRL's ``coef_1``."""
+        metrics, mean = self._metrics[mode], functools.partial(self._global_masked_mean, mask=mask)
+        ratio = out.ratio
+        if self.importance_sampling_level == "sequence":
+            count = mask.sum(-1, keepdim=True)
+            ratio = torch.where(count > 0, (ratio * mask).sum(-1, keepdim=True) / count.clamp(min=1), 1.0)
         if self.beta != 0.0:
             delta = inputs["ref_per_token_logps"] - out.logp
-            metrics["kl"].append(self._global_masked_mean(torch.exp(delta) - delta - 1, mask))
-        metrics["entropy"].append(self._global_masked_mean(out.entropy, mask))
+            kl = torch.exp(delta) - delta - 1
+            metrics["kl"].append(mean(kl * ratio if plan.cfg.kl_bias_correction else kl))
+        metrics["entropy"].append(mean(out.entropy))
         if _entropy_bonus(self.args):
-            policy = out.loss.detach() + plan.cfg.entropy_coef * out.entropy_mean
+            policy = out.loss.detach() + plan.cfg.entropy_coef * out.entropy_mean  # TRL's loss before the bonus
             metrics["policy_loss"].append(self.accelerator.gather(policy).nanmean().item())
             if mode == "train" and self.accelerator.sync_gradients:
                 metrics["entropy_coef"].append(self.entropy_coef)
-        low = ((out.ratio < 1 - self.epsilon_low) & (advantages < 0)).float()
-        high = ((out.ratio > 1 + self.epsilon_high) & (advantages > 0)).float()
-        metrics["clip_ratio/low_mean"].append(self._global_masked_mean(low, mask))
-        metrics["clip_ratio/high_mean"].append(self._global_masked_mean(high, mask))
-        metrics["clip_ratio/region_mean"].append(self._global_masked_mean(((low + high) > 0).float(), mask))
-        metrics["clip_ratio/low_min"].append(
-            nanmin(self.accelerator.gather((low * mask).sum(-1) / mask.sum(-1))).item())
-        metrics["clip_ratio/high_max"].append(
-            nanmax(self.accelerator.gather((high * mask).sum(-1) / mask.sum(-1))).item())
+        if self.loss_type in PPO_LOSS_TYPES:
+            if self.args.delta is not None:
+                ratio = torch.clamp(ratio, max=self.args.delta)
+            low = ((ratio < 1 - self.epsilon_low) & (advantages < 0)).float()
+            high = ((ratio > 1 + self.epsilon_high) & (advantages > 0)).float()
+            metrics["clip_ratio/low_mean"].append(mean(low))
+            metrics["clip_ratio/high_mean"].append(mean(high))
+            metrics["clip_ratio/region_mean"].append(mean(((low + high) > 0).float()))
+            metrics["clip_ratio/low_min"].append(nanmin(self._masked_seq_mean(low, mask)).item())
+            metrics["clip_ratio/high_max"].append(nanmax(self._masked_seq_mean(high, mask)).item())
+        elif self.loss_type == "cispo":
+            metrics["cispo_clip_ratio"].append(mean(((ratio > self.epsilon_high) & (advantages > 0)).float()))
 
     def _log_actfocus_metrics(self, mode: str, out: PolicyLossOutput, mask: Tensor, action: Tensor) -> None:
         """``actfocus/energy_action`` and ``energy_reasoning`` (mean energy of the action / reasoning
