@@ -320,7 +320,7 @@ class ActFocusGRPOTrainer(GRPOTrainer):
         weight, bias = self._actfocus_head()
         mode = "train" if self.model.training else "eval"
         plan = trl_loss_plan(self, inputs, mode)
-        advantages = inputs["advantages"]
+        advantages = inputs["advantages"]  # [B] (TRL), or [B, T] / [B, 1] from a subclass
         advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
 
         @functools.lru_cache(maxsize=None)
@@ -338,7 +338,8 @@ class ActFocusGRPOTrainer(GRPOTrainer):
             else:
                 weights = weights * actfocus_weights(current(), mask, action, self.args.actfocus_config("current"))
         out = linear_policy_loss(
-            hidden, weight, targets, inputs.get("old_per_token_logps"), inputs["advantages"], mask, bias=bias,
+            hidden, weight, targets, inputs.get("old_per_token_logps"),
+            advantages.squeeze(1) if advantages.shape[1] == 1 else advantages, mask, bias=bias,
             weights=weights, action_mask=action, ref_logp=inputs.get("ref_per_token_logps") if self.beta != 0.0 else None,
             cfg=plan.cfg, actfocus=actfocus)
         self._log_trl_metrics(mode, out, mask, advantages, inputs, plan)
