@@ -5,8 +5,8 @@ What is timed, per trainer, on one rollout batch built here (random prompts and 
 randomly initialised Qwen2 with vocabulary ``--vocab``, one advantage per sequence, trailing padding):
 ``trainer._compute_loss(model, batch)`` then ``loss.backward()`` — the policy forward, the loss and the
 backward; generation, rewards and the optimizer step (the same for both) are not. Best of
-``--repeats`` after a warm-up (``harness.best_time_s``), and the relative difference of the losses
-and of the gradients (they compute the same loss).
+``--repeats`` after a warm-up, the trainers interleaved (the machine may be shared), and the relative
+difference of the losses and of the gradients (they compute the same loss).
 
     python -m benchmarks.bench_trl_step --device cpu            # V=32000, the RESULTS.md row
     python -m benchmarks.bench_trl_step --device cuda --batch 16 --completion 512
@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from .harness import best_time_s, device_name, git_commit
+from .harness import device_name, git_commit, timed_call
 
 
 def _tokenizer():
@@ -112,20 +112,24 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"float32; {device_name(device)}; commit {git_commit()}")
     print("| trainer | fwd + loss + bwd | vs stock TRL | loss rel. diff | grad rel. diff |")
     print("|---|---|---|---|---|")
-    reference = None
-    for name, trainer in trainers.items():
-        inputs = dict(batch, actfocus_action_mask=action) if name.endswith("ActFocus") else batch
-        seconds = best_time_s(lambda: step(trainer, inputs), device, args.repeats)
-        loss, grad = step(trainer, inputs)
-        if reference is None:
-            reference = (seconds, loss, grad)
+    cases = {name: (trainer, dict(batch, actfocus_action_mask=action) if name.endswith("ActFocus") else batch)
+             for name, trainer in trainers.items()}
+    results = {name: step(*case) for name, case in cases.items()}  # warm-up, and the values compared
+    best = {name: float("inf") for name in cases}
+    for _ in range(args.repeats):  # interleaved, so that a change of the machine's load hits every trainer
+        for name, case in cases.items():
+            best[name] = min(best[name], timed_call(lambda: step(*case), device))
+    stock_s, (stock_loss, stock_grad) = best["stock TRL"], results["stock TRL"]
+    for name, seconds in best.items():
+        loss, grad = results[name]
+        if name == "stock TRL":
             diffs = "—", "—"
         elif name.endswith("ActFocus"):
             diffs = "(weighted)", "(weighted)"
         else:
-            diffs = (f"{abs(float(loss - reference[1])) / max(abs(float(reference[1])), 1e-12):.1e}",
-                     f"{float((grad - reference[2]).norm() / reference[2].norm()):.1e}")
-        ratio = "1.00×" if reference[0] == seconds else f"{reference[0] / seconds:.2f}× faster"
+            diffs = (f"{abs(float(loss - stock_loss)) / max(abs(float(stock_loss)), 1e-12):.1e}",
+                     f"{float((grad - stock_grad).norm() / stock_grad.norm()):.1e}")
+        ratio = "1.00×" if name == "stock TRL" else f"{stock_s / seconds:.2f}× faster"
         print(f"| {name} | {seconds * 1e3:.0f} ms | {ratio} | {diffs[0]} | {diffs[1]} |")
     return 0
 
