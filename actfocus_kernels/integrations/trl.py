@@ -339,9 +339,9 @@ class ActFocusGRPOTrainer(GRPOTrainer):
                 weights = weights * actfocus_weights(current(), mask, action, self.args.actfocus_config("current"))
         out = linear_policy_loss(
             hidden, weight, targets, inputs.get("old_per_token_logps"),
-            advantages.squeeze(1) if advantages.shape[1] == 1 else advantages, mask, bias=bias,
-            weights=weights, action_mask=action, ref_logp=inputs.get("ref_per_token_logps") if self.beta != 0.0 else None,
-            cfg=plan.cfg, actfocus=actfocus)
+            advantages.squeeze(1) if advantages.shape[1] == 1 else advantages, mask, bias=bias, weights=weights,
+            action_mask=action, ref_logp=inputs["ref_per_token_logps"] if self.beta != 0.0 else None, cfg=plan.cfg,
+            actfocus=actfocus)
         self._log_trl_metrics(mode, out, mask, advantages, inputs, plan)
         if self._actfocus_on:
             self._log_actfocus_metrics(mode, out, mask, action)
