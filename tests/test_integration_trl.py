@@ -261,6 +261,19 @@ def test_uncovered_option_is_a_construction_error(options, tmp_path):
         ActFocusGRPOConfig(**config_kwargs(tmp_path, **options))
 
 
+def test_config_mirrors_every_actfocus_field(tmp_path):
+    import dataclasses
+
+    from actfocus_kernels import ActFocusConfig
+
+    args = ActFocusGRPOConfig(**config_kwargs(tmp_path))
+    assert args.actfocus_enabled is False
+    for f in dataclasses.fields(ActFocusConfig):
+        if f.name != "source":  # chosen by the trainer
+            assert getattr(args, f"actfocus_{f.name}") == f.default, f.name
+    assert args.actfocus_config("old") == ActFocusConfig(source="old")
+
+
 def test_bad_actfocus_fields_are_construction_errors(tmp_path):
     with pytest.raises(ValueError, match="reasoning_weight"):
         ActFocusGRPOConfig(**config_kwargs(tmp_path, actfocus_reasoning_weight=-1.0))

@@ -155,9 +155,10 @@ def actfocus_rollout_weights(response_mask: Tensor, action_mask: Tensor, cfg: Ac
     """``rollout_is_weights`` (1 when None) times the ActFocus weights (SPEC section 3) of the rollout
     statistics, ``[B, response_length]``: the uncertainty ``cfg.uncertainty`` names is taken from
     ``old_energy``, ``old_entropy`` or ``-old_log_probs``, which must be given."""
-    given = {"energy": old_energy, "entropy": old_entropy, "nll": old_log_probs}[cfg.uncertainty]
-    check(given is not None, f"ActFocusConfig(uncertainty={cfg.uncertainty!r}) needs the rollout's "
-          f"{ {'energy': 'old_energy', 'entropy': 'old_entropy', 'nll': 'old_log_probs'}[cfg.uncertainty] }")
+    sources = {"energy": ("old_energy", old_energy), "entropy": ("old_entropy", old_entropy),
+               "nll": ("old_log_probs", old_log_probs)}
+    name, given = sources[cfg.uncertainty]
+    check(given is not None, f"ActFocusConfig(uncertainty={cfg.uncertainty!r}) needs {name}")
     zeros = torch.zeros_like(given, dtype=torch.float32)
     stats = TokenStats(*(zeros if x is None else x.float() for x in (old_log_probs, old_energy, old_entropy)))
     weights = actfocus_weights(stats, response_mask, action_mask, cfg)
