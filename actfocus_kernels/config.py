@@ -14,7 +14,7 @@ import torch
 AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 KL_TYPES = ("k1", "k2", "k3", "abs", "k1+", "k3+", "low_var_kl")
 POLICIES = ("ppo", "gspo", "gspo_token", "cispo", "cispo_two_sided", "sapo", "gpg", "gmpo", "clip_cov", "kl_cov",
-            "dro")
+            "dro", "dppo_tv", "dppo_kl", "vespo")
 ENTROPY_AGGS = ("token-mean",)
 EMPTY_SEQS = ("skip", "count")
 UNCERTAINTIES = ("energy", "entropy", "nll")
@@ -65,7 +65,8 @@ class PolicyLossConfig:
     ``policy="ppo"``: ratio ``r = exp(clamp(logp - old_logp, -20, 20))``; ``L_pg = max(-A min(r, delta),
     -A clip(r, 1-clip_low, 1+clip_high))``, then ``min(L_pg, -A dual_clip)`` where ``A < 0`` when
     ``dual_clip`` is set. The other ``policy`` values are TRL's and verl's variants (``POLICIES``;
-    their parameters: ``delta``, ``sapo_tau_*``, ``clip_cov_*``, ``kl_cov_*``, ``dro_beta``).
+    their parameters: ``delta``, ``sapo_tau_*``, ``clip_cov_*``, ``kl_cov_*``, ``dro_beta``,
+    ``dppo_ratio_cap``, ``vespo_*``).
     Token loss ``w L_pg + kl_coef KL(kl_type) - entropy_coef H`` (the KL times the importance ratio
     with ``kl_bias_correction``), aggregated by ``agg`` with the normalisers ``norm_tokens``,
     ``norm_seqs``, ``norm_len`` and ``empty_seqs``; the entropy term by ``entropy_agg`` when given.
@@ -92,6 +93,11 @@ class PolicyLossConfig:
     kl_cov_ratio: float = 0.0002
     kl_cov_coef: float = 0.1
     dro_beta: float = 1.0
+    dppo_ratio_cap: float = 3.0
+    vespo_k_pos: float = 2.0
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
     kl_bias_correction: bool = False
     entropy_agg: Optional[str] = None
     norm_seqs: Optional[float] = None
@@ -112,11 +118,13 @@ class PolicyLossConfig:
         check_ignore_index(owner, self.ignore_index)
         check_choice(owner, "policy", self.policy, POLICIES)
         check_number(owner, "delta", self.delta, low=0.0, low_open=True, optional=True)
-        for name in ("sapo_tau_pos", "sapo_tau_neg", "clip_cov_ratio", "kl_cov_ratio", "dro_beta"):
+        for name in ("sapo_tau_pos", "sapo_tau_neg", "clip_cov_ratio", "kl_cov_ratio", "dro_beta", "dppo_ratio_cap"):
             check_number(owner, name, getattr(self, name), low=0.0, low_open=True)
         check_number(owner, "clip_cov_lb", self.clip_cov_lb)
         check_number(owner, "clip_cov_ub", self.clip_cov_ub)
         check_number(owner, "kl_cov_coef", self.kl_cov_coef)
+        for name in ("vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg"):
+            check_number(owner, name, getattr(self, name))
         if not isinstance(self.kl_bias_correction, bool):
             raise TypeError(f"{owner}.kl_bias_correction must be a bool, got {self.kl_bias_correction!r}")
         if self.entropy_agg is not None:

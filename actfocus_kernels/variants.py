@@ -22,7 +22,12 @@ with ``r = exp(clamp(logp - old_logp, -20, 20))``, ``A`` the advantage, ``m`` th
 - ``clip_cov`` (verl): ``ppo`` without dual clip, and a random ``clip_cov_ratio`` share of the tokens whose
   ``cov = (A - mean A)(logp - mean logp)`` lies in ``(lb, ub)`` (and are not clipped) loses its term;
 - ``kl_cov`` (verl): ``-A r``, plus ``kl_cov_coef |logp - old_logp|`` on the top ``kl_cov_ratio`` share of
-  tokens by ``cov``.
+  tokens by ``cov``;
+- ``dppo_tv`` / ``dppo_kl`` (verl): ``-A sg(min(r, dppo_ratio_cap)) logp`` on the tokens whose probability
+  moved less than the bound (``p - p_old`` within ``[-lo, hi]``, or the binary KL of ``p_old`` to ``p``
+  within ``lo``/``hi`` unless ``p`` moved the advantage's way), 0 elsewhere;
+- ``vespo`` (TRL): ``-sg(phi) A logp`` with the gamma weight ``phi = exp(lam + k log w - lam w)`` of the
+  sequence ratio ``w = exp(clamp(sum_t m clamp(lr, +-20), log 1e-8, 20))``, ``(k, lam)`` by the sign of A.
 
 KL (``kl_type``, ``d = logp - ref``): k1 ``d``, k2 ``d^2/2``, k3 ``e^-d + d - 1``, abs ``|d|``,
 low_var_kl (verl's k3) ``clamp(e^x - x - 1, -10, 10)`` with ``x = clamp(-d, -20, 20)``, and the
@@ -38,6 +43,7 @@ functions, then autograd's ``row_gradient`` pass (one read + one write).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
@@ -55,6 +61,9 @@ GSPO_TOKEN_LOG_CLAMP = 10.0  # verl gspo: the token-level sequence log-ratio is 
 GMPO_EPS = 1e-8  # verl geo_mean: sum_t m + 1e-8
 GMPO_WEIGHT_EPS = 1e-10  # verl geo_mean: log(w + 1e-10)
 VERL_MEAN_EPS = 1e-8  # verl masked_mean: sum / (sum m + 1e-8)
+VESPO_LOG_MIN = math.log(1e-8)  # TRL vespo: the sequence log-ratio is clamped to [log 1e-8, 20]
+VESPO_LAMBDA_MIN = 1e-4  # TRL vespo: lambda.clamp(min=1e-4)
+DPPO_EPS = 1e-8  # verl dppo_kl: log((1 - p_old + 1e-8) / (1 - p + 1e-8))
 
 
 def is_fused(cfg: PolicyLossConfig) -> bool:
@@ -255,9 +264,38 @@ def _kl_cov(ctx: _Context) -> PolicyTerms:
     return PolicyTerms(torch.where(selected, penalised, loss), ratio, selected)
 
 
+def _dppo(ctx: _Context) -> PolicyTerms:
+    cfg, advantages = ctx.cfg, ctx.advantages
+    ratio = _token_ratio(ctx)
+    prob, old_prob = torch.exp(ctx.logp.detach()), torch.exp(ctx.logp.detach() - ctx.log_ratio.detach())
+    if cfg.policy == "dppo_tv":
+        valid = torch.where(advantages > 0, prob - old_prob <= cfg.clip_high, prob - old_prob >= -cfg.clip_low)
+    else:
+        old_logp = ctx.logp.detach() - ctx.log_ratio.detach()
+        binary_kl = (old_prob * (old_logp - ctx.logp.detach())
+                     + (1 - old_prob) * torch.log((1.0 - old_prob + DPPO_EPS) / (1.0 - prob + DPPO_EPS)))
+        valid = torch.where(advantages > 0, (binary_kl <= cfg.clip_high) | (prob <= old_prob),
+                            (binary_kl <= cfg.clip_low) | (prob >= old_prob))
+    truncated = torch.clamp(ratio, max=cfg.dppo_ratio_cap).detach()
+    loss = torch.where(valid, -advantages * truncated * ctx.logp, 0.0)
+    return PolicyTerms(loss, ratio, ~valid)
+
+
+def _vespo(ctx: _Context) -> PolicyTerms:
+    cfg, advantages = ctx.cfg, ctx.advantages
+    log_ratio = torch.clamp(ctx.log_ratio.detach(), -RATIO_LOG_CLAMP, RATIO_LOG_CLAMP)
+    log_w = torch.clamp(ctx.seq_sum(ctx.m * log_ratio), VESPO_LOG_MIN, RATIO_LOG_CLAMP)[ctx.rows.seq_ids]
+    nonneg = advantages >= 0
+    k = torch.where(nonneg, cfg.vespo_k_pos, cfg.vespo_k_neg)
+    lam = torch.where(nonneg, cfg.vespo_lambda_pos, cfg.vespo_lambda_neg).clamp(min=VESPO_LAMBDA_MIN)
+    phi = torch.exp(lam + k * log_w - lam * torch.exp(log_w)).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+    return PolicyTerms(-phi * advantages * ctx.logp, torch.exp(log_w), torch.zeros_like(ctx.mask))
+
+
 POLICIES: dict[str, Callable[[_Context], PolicyTerms]] = {
     "ppo": _ppo, "gspo": _gspo, "gspo_token": _gspo_token, "cispo": _cispo, "cispo_two_sided": _cispo,
     "sapo": _sapo, "gpg": _gpg, "dro": _dro, "gmpo": _gmpo, "clip_cov": _clip_cov, "kl_cov": _kl_cov,
+    "dppo_tv": _dppo, "dppo_kl": _dppo, "vespo": _vespo,
 }
 
 

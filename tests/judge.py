@@ -3,6 +3,7 @@
 inputs that exercise both sides of the clip range."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -67,6 +68,10 @@ def _kl(logp, ref, kl_type):
             "low_var_kl": low_var}[kl_type]
 
 
+def zero_of(x):
+    return torch.zeros((), dtype=x.dtype)
+
+
 def _policy_terms(cfg, logp, old, adv, m, mask, groups, generator):
     """Per-token policy losses (a list) and importance ratios, written per token and per sequence;
     for gmpo the per-sequence losses instead."""
@@ -122,6 +127,12 @@ def _policy_terms(cfg, logp, old, adv, m, mask, groups, generator):
             cov = torch.stack([(adv[i] - a_mean) * (logp[i].detach() - lp_mean) for i in valid])
             k = max(1, int(len(valid) * cfg.kl_cov_ratio))
             chosen = {valid[int(j)] for j in torch.topk(cov, k).indices}
+    if cfg.policy == "vespo":  # TRL's gamma weight of the summed sequence log-ratio, detached
+        seq_sum = {}
+        for g in groups:
+            total = sum((m[i] * torch.clamp(logp[i].detach() - old[i], -20, 20) for i in g), zero_of(logp))
+            for i in g:
+                seq_sum[i] = torch.clamp(total, math.log(1e-8), 20.0)
     for i in range(n):
         r, a, lr = token_ratio[i], adv[i], logp[i] - old[i]
         if cfg.policy in ("ppo", "clip_cov"):
@@ -150,6 +161,21 @@ def _policy_terms(cfg, logp, old, adv, m, mask, groups, generator):
             loss = -(logp[i] * a - 0.5 * cfg.dro_beta * lr ** 2)
         elif cfg.policy == "kl_cov":
             loss = -a * r + (cfg.kl_cov_coef * lr.abs() if i in chosen else 0)
+        elif cfg.policy == "vespo":
+            k, lam = (cfg.vespo_k_pos, cfg.vespo_lambda_pos) if a >= 0 else (cfg.vespo_k_neg, cfg.vespo_lambda_neg)
+            lam = max(lam, 1e-4)
+            log_w = seq_sum[i]
+            phi = torch.nan_to_num(torch.exp(lam + k * log_w - lam * torch.exp(log_w)), 0.0, 0.0, 0.0)
+            r = torch.exp(log_w)
+            loss = -phi * a * logp[i]
+        elif cfg.policy in ("dppo_tv", "dppo_kl"):
+            p, p_old = torch.exp(logp[i].detach()), torch.exp(old[i])
+            if cfg.policy == "dppo_tv":
+                keep = (p - p_old <= hi) if a > 0 else (p - p_old >= -lo)
+            else:
+                kl = p_old * (old[i] - logp[i].detach()) + (1 - p_old) * torch.log((1 - p_old + 1e-8) / (1 - p + 1e-8))
+                keep = (kl <= hi or p <= p_old) if a > 0 else (kl <= lo or p >= p_old)
+            loss = -a * torch.clamp(r, max=cfg.dppo_ratio_cap).detach() * logp[i] if keep else logp[i] * 0
         losses.append(loss)
         ratios.append(r)
     return losses, ratios

@@ -77,6 +77,10 @@ class TrlOptions:
     max_completion_length: int = 8
     sapo_temperature_pos: float = 1.0
     sapo_temperature_neg: float = 1.05
+    vespo_k_pos: float = 2.0
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
     num_items_in_batch: float = 17.0
     on_policy: bool = False
 
@@ -94,7 +98,7 @@ def trl_loss(data, options: TrlOptions):
     accelerator = SimpleNamespace(num_processes=1, sync_gradients=False, gather=lambda x: x,
                                   gather_for_metrics=lambda x: x, reduce=lambda x, reduction="sum": x)
     trainer = SimpleNamespace(
-        _get_per_token_logps_and_entropies=logps_and_entropies, top_entropy_quantile=1.0,
+        _get_per_token_logps_and_entropies=logps_and_entropies, get_gamma_weights=GRPOTrainer.get_gamma_weights, top_entropy_quantile=1.0,
         off_policy_mask_threshold=None, importance_sampling_level=options.importance_sampling_level,
         beta=options.beta, loss_type=options.loss_type, epsilon_low=options.epsilon_low,
         epsilon_high=options.epsilon_high, use_vllm=False, vllm_importance_sampling_correction=False,
@@ -104,7 +108,9 @@ def trl_loss(data, options: TrlOptions):
         max_completion_length=options.max_completion_length,
         args=SimpleNamespace(use_bias_correction_kl=options.use_bias_correction_kl, delta=options.delta,
                              sapo_temperature_pos=options.sapo_temperature_pos,
-                             sapo_temperature_neg=options.sapo_temperature_neg, steps_per_generation=1),
+                             sapo_temperature_neg=options.sapo_temperature_neg, steps_per_generation=1,
+                             vespo_k_pos=options.vespo_k_pos, vespo_lambda_pos=options.vespo_lambda_pos,
+                             vespo_k_neg=options.vespo_k_neg, vespo_lambda_neg=options.vespo_lambda_neg),
     )
     batch = targets.shape[0]
     inputs = {
@@ -125,8 +131,8 @@ def trl_config(options: TrlOptions, length: int) -> PolicyLossConfig:
     loss_type = options.loss_type
     agg = {"grpo": "seq-mean-token-mean", "sapo": "seq-mean-token-mean", "bnpo": "token-mean",
            "dr_grpo": "seq-mean-token-sum-norm", "dapo": "token-mean", "cispo": "token-mean",
-           "luspo": "seq-mean-token-sum"}[loss_type]
-    policy = {"cispo": "cispo", "sapo": "sapo"}.get(loss_type, "ppo")
+           "luspo": "seq-mean-token-sum", "vespo": "token-mean"}[loss_type]
+    policy = {"cispo": "cispo", "sapo": "sapo", "vespo": "vespo"}.get(loss_type, "ppo")
     if options.importance_sampling_level == "sequence":
         assert policy == "ppo"
         policy = "gspo"
@@ -136,7 +142,7 @@ def trl_config(options: TrlOptions, length: int) -> PolicyLossConfig:
         delta=options.delta, kl_coef=options.beta, kl_type="k3", kl_bias_correction=options.use_bias_correction_kl,
         entropy_coef=options.entropy_coef, entropy_agg="token-mean" if options.entropy_coef else None, agg=agg,
         empty_seqs="count", norm_len=options.max_completion_length if loss_type == "dr_grpo" else None,
-        norm_tokens=options.num_items_in_batch if loss_type in ("dapo", "cispo") else None,
+        norm_tokens=options.num_items_in_batch if loss_type in ("dapo", "cispo", "vespo") else None,
         temperature=options.temperature, sapo_tau_pos=options.sapo_temperature_pos,
         sapo_tau_neg=options.sapo_temperature_neg,
     )
@@ -150,6 +156,7 @@ TRL_CASES = {
     "luspo": TrlOptions(loss_type="luspo"),
     "cispo": TrlOptions(loss_type="cispo", epsilon_high=1.3),
     "sapo": TrlOptions(loss_type="sapo"),
+    "vespo": TrlOptions(loss_type="vespo"),
     "gspo": TrlOptions(importance_sampling_level="sequence", epsilon_low=0.05, epsilon_high=0.05),
     "delta": TrlOptions(loss_type="bnpo", delta=1.15),
     "beta-bias-corrected": TrlOptions(beta=0.05),
@@ -230,7 +237,8 @@ def verl_actor_loss(data, options: VerlOptions, weights=None, seed=0):
 
 
 VERL_POLICIES = {"vanilla": "ppo", "gspo": "gspo_token", "sapo": "sapo", "gpg": "gpg", "clip_cov": "clip_cov",
-                 "kl_cov": "kl_cov", "geo_mean": "gmpo", "dro": "dro", "cispo": "cispo_two_sided"}
+                 "kl_cov": "kl_cov", "geo_mean": "gmpo", "dro": "dro", "cispo": "cispo_two_sided",
+                 "dppo_tv": "dppo_tv", "dppo_kl": "dppo_kl"}
 VERL_KL = {"kl": "k1", "k1": "k1", "abs": "abs", "mse": "k2", "k2": "k2", "low_var_kl": "low_var_kl",
            "k3": "low_var_kl", "k1+": "k1+", "k3+": "k3+", "low_var_kl+": "k3+"}
 
@@ -251,6 +259,7 @@ def verl_config(options: VerlOptions) -> PolicyLossConfig:
         clip_cov_ratio=loss_options.get("clip_cov_ratio", 0.0002), clip_cov_lb=loss_options.get("clip_cov_lb", 1.0),
         clip_cov_ub=loss_options.get("clip_cov_ub", 5.0), kl_cov_ratio=loss_options.get("kl_cov_ratio", 0.0002),
         kl_cov_coef=loss_options.get("ppo_kl_coef", 0.1), dro_beta=loss_options.get("dro_beta") or 1.0,
+        dppo_ratio_cap=options.clip_ratio_c,
     )
 
 
@@ -277,6 +286,8 @@ VERL_CASES = {
     "geo_mean": VerlOptions(mode="geo_mean", clip_low=0.3, clip_high=0.3),
     "dro": VerlOptions(mode="dro", policy_loss={"dro_beta": 0.5}),
     "cispo": VerlOptions(mode="cispo"),
+    "dppo_tv": VerlOptions(mode="dppo_tv", clip_low=0.002, clip_high=0.002, clip_ratio_c=1.2),
+    "dppo_kl": VerlOptions(mode="dppo_kl", clip_low=1e-5, clip_high=1e-5, clip_ratio_c=1.2),
 }
 
 

@@ -9,6 +9,7 @@ from actfocus_kernels import ActFocusConfig, PolicyLossConfig, linear_policy_los
 from actfocus_kernels.variants import is_fused
 from judge import judge_policy_loss, make_batch
 from test_linear import judge_linear, leaves, linear_batch
+from test_ops import compare_compiled_step
 from tolerances import GRAD_RTOL, OUTPUT_RTOL, assert_rel_close
 
 # parameters chosen so that every clip / selection branch fires on the test batches
@@ -25,6 +26,9 @@ VARIANTS = {
     "gmpo": PolicyLossConfig(policy="gmpo", clip_low=0.3, clip_high=0.3),
     "clip_cov": PolicyLossConfig(policy="clip_cov", clip_cov_ratio=0.2, clip_cov_lb=-0.5, clip_cov_ub=2.0),
     "kl_cov": PolicyLossConfig(policy="kl_cov", kl_cov_ratio=0.2, kl_cov_coef=1.0),
+    "dppo_tv": PolicyLossConfig(policy="dppo_tv", clip_low=0.002, clip_high=0.002, dppo_ratio_cap=1.2),
+    "dppo_kl": PolicyLossConfig(policy="dppo_kl", clip_low=1e-5, clip_high=1e-5, dppo_ratio_cap=1.2),
+    "vespo": PolicyLossConfig(policy="vespo", norm_tokens=17.0),
     "kl-abs": PolicyLossConfig(kl_coef=0.1, kl_type="abs"),
     "kl-k1+": PolicyLossConfig(kl_coef=0.1, kl_type="k1+"),
     "kl-k3+": PolicyLossConfig(kl_coef=0.1, kl_type="k3+"),
@@ -39,7 +43,7 @@ VARIANTS = {
 }
 # variants with a clip branch: the test batches must put tokens on both sides of it
 CLIPPING = {"ppo-delta", "gspo", "gspo-delta", "gspo_token", "cispo", "cispo_two_sided", "gmpo", "clip_cov",
-            "kl_cov"}
+            "kl_cov", "dppo_tv", "dppo_kl"}
 
 
 def seed_of(name: str) -> int:
@@ -48,9 +52,9 @@ def seed_of(name: str) -> int:
 
 def variant_batch(name, device, batch=4, length=6, vocab=300):
     data = make_batch(batch, length, vocab, device=device, seed=seed_of(name))
-    # centred at 0.5 (both signs still occur): a loss that cancels to nearly 0 would measure the fp32
+    # centred at 1 (both signs still occur): a loss that cancels to nearly 0 would measure the fp32
     # cancellation of its terms rather than the variant
-    data["advantages"] += 0.5
+    data["advantages"] += 1.0
     data["loss_mask"][2] = 0  # an empty row: the normaliser conventions differ on it
     return data
 
@@ -179,10 +183,22 @@ def test_clip_cov_is_reproducible_with_a_generator(device):
     assert any(not torch.equal(first.clipped, o.clipped) for o in other), "the generator must drive the choice"
 
 
-def test_inplace_grad_needs_the_fused_loss(device):
-    data = variant_batch("gspo", device)
-    with pytest.raises(ValueError, match="inplace_grad=True needs the single-pass fused loss"):
-        run(data, "reference", VARIANTS["gspo"], inplace_grad=True)
+@pytest.mark.parametrize("name", ["gspo", "cispo", "kl-k3+"])
+def test_variant_inplace_gradient(backend, device, name):
+    data = variant_batch(name, device)
+    cfg = VARIANTS[name]
+    expected, expected_grad = run(data, backend, cfg)
+    logits = data["logits"].clone().requires_grad_(True)
+    buffer = logits.detach()
+    saved_before = torch.sin(logits)  # an earlier node that saved the logits must raise, not read the gradient
+    out = policy_loss(logits, data["targets"], data["old_logp"], data["advantages"], data["loss_mask"],
+                      ref_logp=data["ref_logp"], cfg=cfg, backend=backend, inplace_grad=True)
+    assert torch.equal(buffer, data["logits"])  # the logits until backward
+    out.loss.backward()
+    assert logits.grad.data_ptr() == buffer.data_ptr()  # no new gradient buffer
+    assert torch.allclose(logits.grad, expected_grad, rtol=1e-6, atol=1e-9) and out.loss == expected.loss
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved_before.sum().backward()
 
 
 @pytest.mark.parametrize("name", [name for name, cfg in VARIANTS.items() if cfg.policy != "clip_cov"])
@@ -196,19 +212,11 @@ def test_variant_compiles_fullgraph(device, name):
                           ref_logp=data["ref_logp"], cfg=cfg, backend="reference")
         return out.loss, out.clip_frac
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    eager_logits = data["logits"].clone().requires_grad_(True)
-    compiled_logits = data["logits"].clone().requires_grad_(True)
-    eager_loss, eager_clip = step(eager_logits)
-    compiled_loss, compiled_clip = compiled(compiled_logits)
-    eager_loss.backward()
-    compiled_loss.backward()
-    assert torch.allclose(compiled_loss, eager_loss, rtol=1e-6) and torch.allclose(compiled_clip, eager_clip)
-    assert torch.allclose(compiled_logits.grad, eager_logits.grad, rtol=1e-6, atol=1e-9)
+    compare_compiled_step(step, data["logits"], "aot_eager")
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("policy", "vespo", "policy must be one of"),
+    ("policy", "bypass_mode", "policy must be one of"),
     ("delta", 0.0, "delta must be > 0"),
     ("sapo_tau_neg", -1.0, "sapo_tau_neg must be > 0"),
     ("entropy_agg", "seq-mean", "entropy_agg must be one of"),
