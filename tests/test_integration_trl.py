@@ -150,6 +150,8 @@ LOSS_CASES = [(loss_type, {}) for loss_type in LOSS_TYPES if loss_type != "cispo
     ("grpo", dict(entropy_coef=0.1)),
     ("dapo", dict(entropy_coef=0.1)),
     ("cispo", dict(entropy_coef=0.1, epsilon_high=5.0)),
+    ("vespo", dict(vespo_k_pos=1.5, vespo_lambda_neg=1.0, beta=0.05, use_bias_correction_kl=False,
+                   entropy_coef=0.1)),
     ("grpo", dict(vllm="sequence_is", importance_sampling_level="sequence")),
 ] + [
     ("grpo", dict(vllm="token_is")),
@@ -186,7 +188,7 @@ def test_loss_and_gradients_equal_stock_trl(loss_type, options, model_dir, token
     assert abs(float(our_loss - stock_loss)) <= LOSS_TOL * max(abs(float(stock_loss)), 1.0)
     assert rel(our_grad, stock_grad) <= GRAD_TOL
     for key in ("entropy", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/low_min", "kl",
-                "policy_loss", "cispo_clip_ratio"):
+                "policy_loss", "cispo_clip_ratio", "vespo/phi_seq_mean"):
         assert ours._metrics["train"][key] == pytest.approx(stock._metrics["train"][key], rel=1e-5, abs=1e-6)
 
 
@@ -245,7 +247,8 @@ def test_neutral_actfocus_equals_stock_trl(model_dir, tokenizer, dataset, tmp_pa
 # -- construction errors ----------------------------------------------------------------------------
 
 UNCOVERED = [
-    dict(loss_type="vespo"),
+    dict(loss_type="vespo", beta=0.1),  # bias-corrected by the token ratio
+    dict(loss_type="vespo", importance_sampling_level="sequence"),
     dict(loss_type="cispo"),  # epsilon_high = epsilon = 0.2: min(r, 0.2)
     dict(loss_type="sapo", importance_sampling_level="sequence"),
     dict(loss_type="cispo", epsilon_high=5.0, importance_sampling_level="sequence"),
@@ -282,8 +285,9 @@ def test_bad_actfocus_fields_are_construction_errors(tmp_path):
 
 
 def test_plain_grpo_config_is_checked_by_the_trainer(model_dir, tokenizer, dataset, tmp_path):
-    with pytest.raises(ValueError, match="loss_type='vespo'"):
-        build(ActFocusGRPOTrainer, GRPOConfig, model_dir, tokenizer, dataset, tmp_path, loss_type="vespo")
+    with pytest.raises(ValueError, match="loss_type='sapo'"):
+        build(ActFocusGRPOTrainer, GRPOConfig, model_dir, tokenizer, dataset, tmp_path, loss_type="sapo",
+              importance_sampling_level="sequence")
 
 
 def test_softcapped_model_is_a_construction_error(tokenizer, dataset, tmp_path):

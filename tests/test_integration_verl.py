@@ -29,9 +29,14 @@ GRAD_TOL = 1e-5
 AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-sum-norm", "seq-mean-token-mean")
 
 
+# dppo's bounds are on the probability (TV) or its binary KL: small enough here that some tokens leave them
+CLIP_RATIOS = {"dppo_tv": (0.05, 0.08), "dppo_kl": (0.01, 0.02)}
+
+
 def actor_config(mode: str, agg: str, global_info: dict) -> ActorConfig:
-    config = ActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1, clip_ratio_low=0.2,
-                         clip_ratio_high=0.28, loss_agg_mode=agg, tau_pos=0.9, tau_neg=1.2,
+    low, high = CLIP_RATIOS.get(mode, (0.2, 0.28))
+    config = ActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1, clip_ratio_low=low,
+                         clip_ratio_high=high, loss_agg_mode=agg, tau_pos=0.9, tau_neg=1.2,
                          policy_loss=VerlPolicyLossConfig(loss_mode=mode, dro_beta=0.3, clip_cov_ratio=0.2,
                                                           clip_cov_lb=-1.0, clip_cov_ub=5.0, kl_cov_ratio=0.2))
     config.global_batch_info.update(global_info)
@@ -85,8 +90,8 @@ def test_actfocus_is_vanilla_and_every_mode_is_registered():
 
 
 def test_uncovered_mode_is_a_clear_error():
-    with pytest.raises(ValueError, match="dppo_tv"):
-        af_verl.verl_policy_config("dppo_tv", "token-mean", actor_config("vanilla", "token-mean", {}))
+    with pytest.raises(ValueError, match="bypass_mode"):
+        af_verl.verl_policy_config("bypass_mode", "token-mean", actor_config("vanilla", "token-mean", {}))
 
 
 def test_actfocus_rollout_weights_from_old_log_probs_and_an_action_key():

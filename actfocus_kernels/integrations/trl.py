@@ -13,18 +13,18 @@ the current gradient-accumulation steps (1 in eval):
 - ``grpo``, ``sapo``: ``mean_i sum_t m l / max(sum_t m, 1)`` over all rows = ``seq-mean-token-mean``
   with ``empty_seqs="count"``, ``/ GA``; ``bnpo``: ``token-mean`` (local), ``/ GA``; ``dr_grpo``:
   ``seq-mean-token-sum-norm`` with ``norm_len = max_completion_length``, ``/ GA``; ``luspo``:
-  ``seq-mean-token-sum``, ``/ GA``; ``dapo``, ``cispo``: ``token-mean`` with ``norm_tokens =
+  ``seq-mean-token-sum``, ``/ GA``; ``dapo``, ``cispo``, ``vespo``: ``token-mean`` with ``norm_tokens =
   num_items_in_batch / num_processes * GA / steps_per_generation`` (train; eval: ``num_items_in_batch
   / num_processes``);
 - the policy term: ``policy="ppo"`` (``"gspo"`` at ``importance_sampling_level="sequence"``) with
   ``epsilon`` / ``epsilon_high`` -> ``clip_low`` / ``clip_high`` and ``delta`` -> ``delta``;
   ``cispo`` -> ``policy="cispo"`` with ``clip_high = epsilon_high - 1`` (TRL's ``min(r,
   epsilon_high)``); ``sapo`` -> ``policy="sapo"`` with ``sapo_temperature_pos/neg`` ->
-  ``sapo_tau_pos/neg``;
+  ``sapo_tau_pos/neg``; ``vespo`` -> ``policy="vespo"`` with ``vespo_k_pos/neg``, ``vespo_lambda_pos/neg``;
 - ``beta`` -> ``kl_coef`` with ``kl_type="k3"`` against ``ref_per_token_logps``,
   ``use_bias_correction_kl`` -> ``kl_bias_correction``; ``entropy_coef`` -> ``entropy_coef`` with
   ``entropy_agg="token-mean"`` (TRL's bonus is a token mean whatever the loss type, divided by
-  ``GA``: for dapo/cispo the coefficient carries that ``1 / GA``); ``temperature`` -> ``temperature``;
+  ``GA``: for dapo/cispo/vespo the coefficient carries that ``1 / GA``); ``temperature`` -> ``temperature``;
 - token weights (they scale the policy term only, as TRL's masks do): the off-policy sequence mask
   (``off_policy_mask_threshold``), the high-entropy mask (``top_entropy_quantile``, from the
   current entropies), the vLLM importance-sampling ratio (token or sequence modes), and the ActFocus
@@ -55,8 +55,8 @@ from .spans import (DEFAULT_ACTION_PATTERN, action_token_mask, check_offsets_tok
 IGNORE_INDEX = -100
 #: loss types whose policy term is the PPO clip (TRL's ``coef_1`` / ``coef_2`` branch)
 PPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
-#: every loss type the trainer reproduces (TRL's vespo is not covered)
-LOSS_TYPES = PPO_LOSS_TYPES + ("cispo", "sapo")
+#: every loss type the trainer reproduces
+LOSS_TYPES = PPO_LOSS_TYPES + ("cispo", "sapo", "vespo")
 
 
 @dataclass
@@ -110,8 +110,13 @@ def check_trl_options(args) -> None:
     epsilon_high = args.epsilon_high if args.epsilon_high is not None else args.epsilon
     uncovered = [
         (args.loss_type not in LOSS_TYPES, f"loss_type={args.loss_type!r} (covered: {', '.join(LOSS_TYPES)})"),
-        (args.importance_sampling_level == "sequence" and args.loss_type in ("cispo", "sapo"),
+        (args.importance_sampling_level == "sequence" and args.loss_type in ("cispo", "sapo", "vespo"),
          f"importance_sampling_level='sequence' with loss_type={args.loss_type!r} (covered: 'token')"),
+        (args.loss_type == "vespo" and args.use_vllm and args.vllm_importance_sampling_correction,
+         "loss_type='vespo' with the vLLM importance-sampling correction (vespo folds the ratio into its gamma "
+         "weight)"),
+        (args.loss_type == "vespo" and args.beta != 0.0 and args.use_bias_correction_kl,
+         "loss_type='vespo' with beta > 0 and use_bias_correction_kl=True (TRL corrects by the token ratio)"),
         (args.loss_type == "cispo" and epsilon_high < 1.0,
          f"loss_type='cispo' with epsilon_high={epsilon_high!r} < 1 (the ratio cap min(r, epsilon_high) is "
          "covered from 1 up)"),
@@ -159,14 +164,16 @@ def trl_loss_plan(trainer: GRPOTrainer, inputs: dict, mode: str) -> LossPlan:
     args, loss_type = trainer.args, trainer.loss_type
     accumulation = trainer.current_gradient_accumulation_steps if mode == "train" else 1.0
     sequence = trainer.importance_sampling_level == "sequence"
-    policy = loss_type if loss_type in ("cispo", "sapo") else ("gspo" if sequence else "ppo")
-    global_norm = loss_type in ("dapo", "cispo")  # TRL's normaliser already holds the accumulation
+    policy = loss_type if loss_type in ("cispo", "sapo", "vespo") else ("gspo" if sequence else "ppo")
+    global_norm = loss_type in ("dapo", "cispo", "vespo")  # TRL's normaliser already holds the accumulation
     bonus = _entropy_bonus(args)
     common = dict(
         policy=policy, clip_low=trainer.epsilon_low,
         clip_high=trainer.epsilon_high - 1.0 if policy == "cispo" else trainer.epsilon_high,
         delta=args.delta if policy in ("ppo", "gspo") else None,
         sapo_tau_pos=args.sapo_temperature_pos, sapo_tau_neg=args.sapo_temperature_neg,
+        vespo_k_pos=args.vespo_k_pos, vespo_lambda_pos=args.vespo_lambda_pos, vespo_k_neg=args.vespo_k_neg,
+        vespo_lambda_neg=args.vespo_lambda_neg,
         temperature=trainer.temperature, kl_coef=trainer.beta, kl_type="k3",
         kl_bias_correction=trainer.beta != 0.0 and args.use_bias_correction_kl,
         entropy_coef=(trainer.entropy_coef / (accumulation if global_norm else 1.0)) if bonus else 0.0,
@@ -182,7 +189,7 @@ def trl_loss_plan(trainer: GRPOTrainer, inputs: dict, mode: str) -> LossPlan:
                                          **common), 1.0 / accumulation)
     if loss_type == "luspo":
         return LossPlan(PolicyLossConfig(agg="seq-mean-token-sum", **common), 1.0 / accumulation)
-    # dapo, cispo: TRL's normaliser spans the generation batch, rescaled to one accumulation window
+    # dapo, cispo, vespo: TRL's normaliser spans the generation batch, rescaled to one accumulation window
     normalizer = float(inputs["num_items_in_batch"].clamp(min=1.0)) / trainer.accelerator.num_processes
     if mode == "train":
         normalizer = normalizer * trainer.current_gradient_accumulation_steps / args.steps_per_generation
@@ -369,7 +376,7 @@ class ActFocusGRPOTrainer(GRPOTrainer):
         importance ratio is per sequence ``[B, 1]`` at TRL's sequence level, as TRL's ``coef_1``."""
         metrics, mean = self._metrics[mode], functools.partial(self._global_masked_mean, mask=mask)
         ratio = out.ratio
-        if self.importance_sampling_level == "sequence":
+        if self.importance_sampling_level == "sequence" or self.loss_type == "vespo":
             count = mask.sum(-1, keepdim=True)
             ratio = torch.where(count > 0, (ratio * mask).sum(-1, keepdim=True) / count.clamp(min=1), 1.0)
         if self.beta != 0.0:
@@ -394,6 +401,12 @@ class ActFocusGRPOTrainer(GRPOTrainer):
             metrics["clip_ratio/high_max"].append(nanmax(self._masked_seq_mean(high, mask)).item())
         elif self.loss_type == "cispo":
             metrics["cispo_clip_ratio"].append(mean(((ratio > self.epsilon_high) & (advantages > 0)).float()))
+        elif self.loss_type == "vespo":  # the gamma weight of the sequence ratio w (the ratio output)
+            nonneg = advantages >= 0
+            k = torch.where(nonneg, plan.cfg.vespo_k_pos, plan.cfg.vespo_k_neg)
+            lam = torch.where(nonneg, plan.cfg.vespo_lambda_pos, plan.cfg.vespo_lambda_neg).clamp(min=1e-4)
+            phi = torch.exp(lam + k * torch.log(ratio) - lam * ratio).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+            metrics["vespo/phi_seq_mean"].append(mean(phi[:, :1]))
 
     def _log_actfocus_metrics(self, mode: str, out: PolicyLossOutput, mask: Tensor, action: Tensor) -> None:
         """``actfocus/energy_action`` and ``energy_reasoning`` (mean energy of the action / reasoning

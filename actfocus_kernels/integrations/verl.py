@@ -45,9 +45,11 @@ from ..linear import linear_token_stats
 from ..rows import check, flatten_rows
 from ..variants import TokenTerms, objective
 
-#: verl 0.9.1 loss mode -> the library's policy (dppo_tv, dppo_kl and bypass_mode are not covered)
-VERL_MODES = {"vanilla": "ppo", "gspo": "gspo_token", "sapo": "sapo", "gpg": "gpg", "clip_cov": "clip_cov",
-              "kl_cov": "kl_cov", "geo_mean": "gmpo", "dro": "dro", "cispo": "cispo_two_sided"}
+#: verl 0.9.1 loss mode -> the library's policy (bypass_mode, a dispatcher over rollout corrections, is not
+#: covered)
+VERL_MODES = {"vanilla": "ppo", "dppo_tv": "dppo_tv", "dppo_kl": "dppo_kl", "gspo": "gspo_token", "sapo": "sapo",
+              "gpg": "gpg", "clip_cov": "clip_cov", "kl_cov": "kl_cov", "geo_mean": "gmpo", "dro": "dro",
+              "cispo": "cispo_two_sided"}
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ def verl_policy_config(mode: str, loss_agg_mode: str, config) -> tuple[PolicyLos
         agg = VerlAggregation({}, 1.0)
     extra = {
         "vanilla": dict(dual_clip=config.get("clip_ratio_c", 3.0)),
+        "dppo_tv": dict(dppo_ratio_cap=config.get("clip_ratio_c", 20.0)),
+        "dppo_kl": dict(dppo_ratio_cap=config.get("clip_ratio_c", 20.0)),
         "sapo": dict(sapo_tau_pos=config.tau_pos, sapo_tau_neg=config.tau_neg),
         "clip_cov": dict(clip_cov_ratio=losses.clip_cov_ratio, clip_cov_lb=losses.clip_cov_lb,
                          clip_cov_ub=losses.clip_cov_ub),
