@@ -93,6 +93,9 @@ TRAIN_CASES = [(loss_type, {}) for loss_type in LOSS_TYPES if loss_type != "cisp
     ("dapo", dict(entropy_coef=0.05, gradient_accumulation_steps=2)),
     ("dapo", dict(top_entropy_quantile=0.5, steps_per_generation=2)),
     ("dr_grpo", dict(off_policy_mask_threshold=1e-4, steps_per_generation=2)),
+    # TRL's adaptive controller: the bonus off at step 1 (no entropy seen yet), on at step 2, the coefficient moving
+    ("grpo", dict(use_adaptive_entropy=True, entropy_coef=0.05, entropy_target=5.0, gradient_accumulation_steps=2)),
+    ("dapo", dict(use_adaptive_entropy=True, entropy_coef=0.3, entropy_target=0.5, entropy_coef_delta=0.1)),
 ]
 
 
@@ -107,8 +110,9 @@ def test_two_steps_equal_stock_trl(loss_type, options, model_dir, tokenizer, dat
         assert abs(a - b) <= LOSS_TOL * max(abs(b), 1.0), (our_losses, stock_losses)
     assert rel(flat_params(ours.model), flat_params(stock.model)) <= PARAM_TOL
     assert rel(flat_params(ours.model), start) > 0  # it trained
-    for key in ("entropy", "clip_ratio/region_mean"):
+    for key in ("entropy", "clip_ratio/region_mean", "entropy_coef"):
         assert logged(ours, key) == pytest.approx(logged(stock, key), rel=1e-5, abs=1e-6)
+    assert ours.entropy_coef == pytest.approx(stock.entropy_coef)
 
 
 # -- one loss call with every per-token input -------------------------------------------------------
@@ -252,7 +256,6 @@ UNCOVERED = [
     dict(loss_type="cispo"),  # epsilon_high = epsilon = 0.2: min(r, 0.2)
     dict(loss_type="sapo", importance_sampling_level="sequence"),
     dict(loss_type="cispo", epsilon_high=5.0, importance_sampling_level="sequence"),
-    dict(use_adaptive_entropy=True, loss_type="bnpo"),
     dict(entropy_coef=0.1, loss_type="bnpo", top_entropy_quantile=0.5),
     dict(actfocus_scope="turn"),
 ]

@@ -24,7 +24,8 @@ the current gradient-accumulation steps (1 in eval):
 - ``beta`` -> ``kl_coef`` with ``kl_type="k3"`` against ``ref_per_token_logps``,
   ``use_bias_correction_kl`` -> ``kl_bias_correction``; ``entropy_coef`` -> ``entropy_coef`` with
   ``entropy_agg="token-mean"`` (TRL's bonus is a token mean whatever the loss type, divided by
-  ``GA``: for dapo/cispo/vespo the coefficient carries that ``1 / GA``); ``temperature`` -> ``temperature``;
+  ``GA``: for dapo/cispo/vespo the coefficient carries that ``1 / GA``), gated and updated by TRL's
+  adaptive controller with ``use_adaptive_entropy``; ``temperature`` -> ``temperature``;
 - token weights (they scale the policy term only, as TRL's masks do): the off-policy sequence mask
   (``off_policy_mask_threshold``), the high-entropy mask (``top_entropy_quantile``, from the
   current entropies), the vLLM importance-sampling ratio (token or sequence modes), and the ActFocus
@@ -120,7 +121,6 @@ def check_trl_options(args) -> None:
         (args.loss_type == "cispo" and epsilon_high < 1.0,
          f"loss_type='cispo' with epsilon_high={epsilon_high!r} < 1 (the ratio cap min(r, epsilon_high) is "
          "covered from 1 up)"),
-        (args.use_adaptive_entropy, "use_adaptive_entropy=True (covered: a constant entropy_coef)"),
         (_entropy_bonus(args) and args.top_entropy_quantile < 1.0,
          "entropy_coef != 0 with top_entropy_quantile < 1"),
         (getattr(args, "actfocus_scope", "sequence") != "sequence",
@@ -167,6 +167,9 @@ def trl_loss_plan(trainer: GRPOTrainer, inputs: dict, mode: str) -> LossPlan:
     policy = loss_type if loss_type in ("cispo", "sapo", "vespo") else ("gspo" if sequence else "ppo")
     global_norm = loss_type in ("dapo", "cispo", "vespo")  # TRL's normaliser already holds the accumulation
     bonus = _entropy_bonus(args)
+    coef = trainer.entropy_coef
+    if args.use_adaptive_entropy and trainer._last_world_entropy > args.entropy_target:
+        coef = 0.0  # TRL's controller gates the bonus on the last optimizer step's entropy
     common = dict(
         policy=policy, clip_low=trainer.epsilon_low,
         clip_high=trainer.epsilon_high - 1.0 if policy == "cispo" else trainer.epsilon_high,
@@ -176,7 +179,7 @@ def trl_loss_plan(trainer: GRPOTrainer, inputs: dict, mode: str) -> LossPlan:
         vespo_lambda_neg=args.vespo_lambda_neg,
         temperature=trainer.temperature, kl_coef=trainer.beta, kl_type="k3",
         kl_bias_correction=trainer.beta != 0.0 and args.use_bias_correction_kl,
-        entropy_coef=(trainer.entropy_coef / (accumulation if global_norm else 1.0)) if bonus else 0.0,
+        entropy_coef=(coef / (accumulation if global_norm else 1.0)) if bonus else 0.0,
         # bnpo's policy normaliser is TRL's entropy mean: aggregated alike, it keeps the fused kernel
         entropy_agg="token-mean" if bonus and loss_type != "bnpo" else None,
         ignore_index=IGNORE_INDEX)
@@ -349,10 +352,31 @@ class ActFocusGRPOTrainer(GRPOTrainer):
             advantages.squeeze(1) if advantages.shape[1] == 1 else advantages, mask, bias=bias, weights=weights,
             action_mask=action, ref_logp=inputs["ref_per_token_logps"] if self.beta != 0.0 else None, cfg=plan.cfg,
             actfocus=actfocus)
+        if self.use_adaptive_entropy and mode == "train":
+            self._adapt_entropy_coef(out.entropy, mask)
         self._log_trl_metrics(mode, out, mask, advantages, inputs, plan)
         if self._actfocus_on:
             self._log_actfocus_metrics(mode, out, mask, action)
         return out.loss * plan.loss_factor
+
+    def _adapt_entropy_coef(self, entropy: Tensor, mask: Tensor) -> None:
+        """TRL's adaptive entropy controller (Skywork-OR1): the window's masked entropy sum and token
+        count accumulate over the micro-batches; at the optimizer-step boundary the world mean moves
+        ``entropy_coef`` by ``entropy_coef_delta`` (up when at or below ``entropy_target``, else down,
+        within ``[entropy_coef_min, entropy_coef_max]``) for the next step."""
+        stats = torch.stack([(entropy * mask).sum(), mask.sum()]).detach().float()
+        self._entropy_window_stats = stats if self._entropy_window_stats is None else self._entropy_window_stats + stats
+        if not self.accelerator.sync_gradients:
+            return
+        window = self.accelerator.reduce(self._entropy_window_stats, reduction="sum")
+        world_entropy = (window[0] / window[1].clamp(min=1.0)).item()
+        args = self.args
+        if world_entropy <= args.entropy_target:
+            self.entropy_coef = min(self.entropy_coef + args.entropy_coef_delta, args.entropy_coef_max)
+        else:
+            self.entropy_coef = max(self.entropy_coef - args.entropy_coef_delta, args.entropy_coef_min)
+        self._last_world_entropy = world_entropy
+        self._entropy_window_stats = None
 
     # -- metrics --------------------------------------------------------------------------------------
 
