@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -201,10 +202,18 @@ def test_loss_and_gradients_equal_stock_trl(loss_type, options, model_dir, token
 ACTION_WORDS = r"\b(left|right|up|down)\b"
 
 
-@pytest.mark.parametrize("options", [{}, dict(steps_per_generation=2)], ids=["current-stats", "rollout-stats"])
+def action_word_spans(text: str):
+    """The callable form of the span rule: the character spans of the movement words."""
+    return [m.span() for m in re.finditer(ACTION_WORDS, text)]
+
+
+@pytest.mark.parametrize("options", [dict(actfocus_action_pattern=ACTION_WORDS),
+                                     dict(actfocus_action_pattern=ACTION_WORDS, steps_per_generation=2),
+                                     dict(actfocus_action_spans=action_word_spans, loss_type="grpo")],
+                         ids=["current-stats", "rollout-stats", "callable-spans"])
 def test_actfocus_trains_and_logs_energies(options, model_dir, tokenizer, dataset, tmp_path):
     trainer = build(ActFocusGRPOTrainer, ActFocusGRPOConfig, model_dir, tokenizer, dataset, tmp_path,
-                    actfocus_enabled=True, actfocus_action_pattern=ACTION_WORDS, **options)
+                    actfocus_enabled=True, **options)
     start = flat_params(trainer.model)
     trainer.train()
     assert rel(flat_params(trainer.model), start) > 0
