@@ -97,6 +97,7 @@ TRAIN_CASES = [(loss_type, {}) for loss_type in LOSS_TYPES if loss_type != "cisp
     # TRL's adaptive controller: the bonus off at step 1 (no entropy seen yet), on at step 2, the coefficient moving
     ("grpo", dict(use_adaptive_entropy=True, entropy_coef=0.05, entropy_target=5.0, gradient_accumulation_steps=2)),
     ("dapo", dict(use_adaptive_entropy=True, entropy_coef=0.3, entropy_target=0.5, entropy_coef_delta=0.1)),
+    ("grpo", dict(use_adaptive_entropy=True, entropy_coef=0.05, entropy_target=5.0, top_entropy_quantile=0.5)),
 ]
 
 
@@ -165,6 +166,8 @@ LOSS_CASES = [(loss_type, {}) for loss_type in LOSS_TYPES if loss_type != "cispo
     ("dr_grpo", dict(top_entropy_quantile=0.3)),
     ("luspo", dict(top_entropy_quantile=0.6, off_policy_mask_threshold=0.02, vllm="token_is")),
     ("bnpo", dict(entropy_coef=0.1, epsilon_high=0.28)),
+    ("dapo", dict(entropy_coef=0.1, top_entropy_quantile=0.5)),  # the bonus over the high-entropy tokens
+    ("grpo", dict(entropy_coef=0.1, top_entropy_quantile=0.4, beta=0.05)),
 ]
 
 
@@ -265,7 +268,6 @@ UNCOVERED = [
     dict(loss_type="cispo"),  # epsilon_high = epsilon = 0.2: min(r, 0.2)
     dict(loss_type="sapo", importance_sampling_level="sequence"),
     dict(loss_type="cispo", epsilon_high=5.0, importance_sampling_level="sequence"),
-    dict(entropy_coef=0.1, loss_type="bnpo", top_entropy_quantile=0.5),
     dict(actfocus_scope="turn"),
 ]
 

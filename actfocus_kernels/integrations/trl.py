@@ -25,7 +25,9 @@ the current gradient-accumulation steps (1 in eval):
   ``use_bias_correction_kl`` -> ``kl_bias_correction``; ``entropy_coef`` -> ``entropy_coef`` with
   ``entropy_agg="token-mean"`` (TRL's bonus is a token mean whatever the loss type, divided by
   ``GA``: for dapo/cispo/vespo the coefficient carries that ``1 / GA``), gated and updated by TRL's
-  adaptive controller with ``use_adaptive_entropy``; ``temperature`` -> ``temperature``;
+  adaptive controller with ``use_adaptive_entropy``; with ``top_entropy_quantile < 1`` TRL's bonus
+  averages over the high-entropy tokens only, so it is added apart (``LossPlan.masked_bonus``);
+  ``temperature`` -> ``temperature``;
 - token weights (they scale the policy term only, as TRL's masks do): the off-policy sequence mask
   (``off_policy_mask_threshold``), the high-entropy mask (``top_entropy_quantile``, from the
   current entropies), the vLLM importance-sampling ratio (token or sequence modes), and the ActFocus
@@ -121,8 +123,6 @@ def check_trl_options(args) -> None:
         (args.loss_type == "cispo" and epsilon_high < 1.0,
          f"loss_type='cispo' with epsilon_high={epsilon_high!r} < 1 (the ratio cap min(r, epsilon_high) is "
          "covered from 1 up)"),
-        (_entropy_bonus(args) and args.top_entropy_quantile < 1.0,
-         "entropy_coef != 0 with top_entropy_quantile < 1"),
         (getattr(args, "actfocus_scope", "sequence") != "sequence",
          "actfocus_scope='turn' (TRL has no turn ids; covered: 'sequence')"),
     ]
@@ -152,11 +152,15 @@ def check_trl_model(model, is_vlm: bool, aux_loss_enabled: bool) -> None:
 
 @dataclass(frozen=True)
 class LossPlan:
-    """How one TRL micro-batch's loss is computed: the ``PolicyLossConfig`` and the factor the
-    returned loss is multiplied by (gradient accumulation, where TRL's normaliser does not hold it)."""
+    """How one TRL micro-batch's loss is computed: the ``PolicyLossConfig``, the factor the returned
+    loss is multiplied by (gradient accumulation, where TRL's normaliser does not hold it), and the
+    coefficient of an entropy bonus over the high-entropy tokens only (``top_entropy_quantile < 1``:
+    TRL's bonus then averages over them, which the loss's own entropy term cannot, so it is computed
+    apart from differentiable statistics; 0: none, or inside ``cfg``)."""
 
     cfg: PolicyLossConfig
     loss_factor: float
+    masked_bonus: float = 0.0
 
 
 def trl_loss_plan(trainer: GRPOTrainer, inputs: dict, mode: str) -> LossPlan:
@@ -167,6 +171,7 @@ def trl_loss_plan(trainer: GRPOTrainer, inputs: dict, mode: str) -> LossPlan:
     policy = loss_type if loss_type in ("cispo", "sapo", "vespo") else ("gspo" if sequence else "ppo")
     global_norm = loss_type in ("dapo", "cispo", "vespo")  # TRL's normaliser already holds the accumulation
     bonus = _entropy_bonus(args)
+    masked_bonus = bonus and trainer.top_entropy_quantile < 1.0
     coef = trainer.entropy_coef
     if args.use_adaptive_entropy and trainer._last_world_entropy > args.entropy_target:
         coef = 0.0  # TRL's controller gates the bonus on the last optimizer step's entropy
@@ -179,24 +184,26 @@ def trl_loss_plan(trainer: GRPOTrainer, inputs: dict, mode: str) -> LossPlan:
         vespo_lambda_neg=args.vespo_lambda_neg,
         temperature=trainer.temperature, kl_coef=trainer.beta, kl_type="k3",
         kl_bias_correction=trainer.beta != 0.0 and args.use_bias_correction_kl,
-        entropy_coef=(coef / (accumulation if global_norm else 1.0)) if bonus else 0.0,
+        entropy_coef=(coef / (accumulation if global_norm else 1.0)) if bonus and not masked_bonus else 0.0,
         # bnpo's policy normaliser is TRL's entropy mean: aggregated alike, it keeps the fused kernel
-        entropy_agg="token-mean" if bonus and loss_type != "bnpo" else None,
+        entropy_agg="token-mean" if bonus and not masked_bonus and loss_type != "bnpo" else None,
         ignore_index=IGNORE_INDEX)
+    bonus_coef = coef / accumulation if masked_bonus else 0.0
     if loss_type in ("grpo", "sapo"):
-        return LossPlan(PolicyLossConfig(agg="seq-mean-token-mean", empty_seqs="count", **common), 1 / accumulation)
+        return LossPlan(PolicyLossConfig(agg="seq-mean-token-mean", empty_seqs="count", **common), 1 / accumulation,
+                        bonus_coef)
     if loss_type == "bnpo":
-        return LossPlan(PolicyLossConfig(agg="token-mean", **common), 1.0 / accumulation)
+        return LossPlan(PolicyLossConfig(agg="token-mean", **common), 1.0 / accumulation, bonus_coef)
     if loss_type == "dr_grpo":
         return LossPlan(PolicyLossConfig(agg="seq-mean-token-sum-norm", norm_len=trainer.max_completion_length,
-                                         **common), 1.0 / accumulation)
+                                         **common), 1.0 / accumulation, bonus_coef)
     if loss_type == "luspo":
-        return LossPlan(PolicyLossConfig(agg="seq-mean-token-sum", **common), 1.0 / accumulation)
+        return LossPlan(PolicyLossConfig(agg="seq-mean-token-sum", **common), 1.0 / accumulation, bonus_coef)
     # dapo, cispo, vespo: TRL's normaliser spans the generation batch, rescaled to one accumulation window
     normalizer = float(inputs["num_items_in_batch"].clamp(min=1.0)) / trainer.accelerator.num_processes
     if mode == "train":
         normalizer = normalizer * trainer.current_gradient_accumulation_steps / args.steps_per_generation
-    return LossPlan(PolicyLossConfig(agg="token-mean", norm_tokens=normalizer, **common), 1.0)
+    return LossPlan(PolicyLossConfig(agg="token-mean", norm_tokens=normalizer, **common), 1.0, bonus_coef)
 
 
 def add_hidden_states_forward(model) -> None:
@@ -290,12 +297,13 @@ class ActFocusGRPOTrainer(GRPOTrainer):
 
     # -- the loss -------------------------------------------------------------------------------------
 
-    def _actfocus_token_weights(self, inputs: dict, mask: Tensor, advantages: Tensor, current: Callable[[], TokenStats]
-                                ) -> Optional[Tensor]:
+    def _actfocus_token_weights(self, inputs: dict, mask: Tensor, advantages: Tensor, current: Callable[[], TokenStats],
+                                entropy_mask: Optional[Tensor]) -> Optional[Tensor]:
         """The product of TRL's token weights on the policy term (off-policy sequence mask, high-entropy
-        mask, vLLM importance-sampling ratio) and the rollout ActFocus weights; None when there are none.
-        ``current()`` gives the current policy's statistics, computed once when a weight needs them."""
-        factors = []
+        mask ``entropy_mask``, vLLM importance-sampling ratio) and the rollout ActFocus weights; None when
+        there are none. ``current()`` gives the current policy's statistics, computed once when a weight
+        needs them."""
+        factors = [] if entropy_mask is None else [entropy_mask]
         old = inputs.get("old_per_token_logps")
         if self.off_policy_mask_threshold is not None:
             sampling = inputs.get("sampling_per_token_logps", old)
@@ -304,8 +312,6 @@ class ActFocusGRPOTrainer(GRPOTrainer):
                 advantages=advantages, per_token_logps=logp,
                 sampling_per_token_logps=logp if sampling is None else sampling, mask=mask,
                 off_policy_threshold=self.off_policy_mask_threshold))
-        if self.top_entropy_quantile < 1.0:
-            factors.append(self.get_high_entropy_mask(current().entropy, mask, 1 - self.top_entropy_quantile))
         if self.use_vllm and self.vllm_importance_sampling_correction:
             factors.append(inputs["importance_sampling_ratio"])
         if "actfocus_weights" in inputs:
@@ -339,7 +345,11 @@ class ActFocusGRPOTrainer(GRPOTrainer):
                 return linear_token_stats(hidden.detach(), weight.detach(), targets, self.temperature,
                                           bias=None if bias is None else bias.detach())
 
-        weights = self._actfocus_token_weights(inputs, mask, advantages, current)
+        entropy_mask = None
+        if self.top_entropy_quantile < 1.0:
+            entropy_mask = self.get_high_entropy_mask(current().entropy, mask, 1 - self.top_entropy_quantile)
+        effective = (mask if entropy_mask is None else mask * entropy_mask).float()  # TRL's entropy-bonus tokens
+        weights = self._actfocus_token_weights(inputs, mask, advantages, current, entropy_mask)
         actfocus = None
         action = inputs.get("actfocus_action_mask")
         if self._actfocus_on and "actfocus_weights" not in inputs:
@@ -352,12 +362,16 @@ class ActFocusGRPOTrainer(GRPOTrainer):
             advantages.squeeze(1) if advantages.shape[1] == 1 else advantages, mask, bias=bias, weights=weights,
             action_mask=action, ref_logp=inputs["ref_per_token_logps"] if self.beta != 0.0 else None, cfg=plan.cfg,
             actfocus=actfocus)
+        loss = out.loss * plan.loss_factor
+        if plan.masked_bonus:
+            entropy = linear_token_stats(hidden, weight, targets, self.temperature, bias=bias).entropy
+            loss = loss - plan.masked_bonus * (entropy * effective).sum() / effective.sum().clamp(min=1.0)
         if self.use_adaptive_entropy and mode == "train":
-            self._adapt_entropy_coef(out.entropy, mask)
+            self._adapt_entropy_coef(out.entropy, effective)
         self._log_trl_metrics(mode, out, mask, advantages, inputs, plan)
         if self._actfocus_on:
             self._log_actfocus_metrics(mode, out, mask, action)
-        return out.loss * plan.loss_factor
+        return loss
 
     def _adapt_entropy_coef(self, entropy: Tensor, mask: Tensor) -> None:
         """TRL's adaptive entropy controller (Skywork-OR1): the window's masked entropy sum and token
