@@ -25,6 +25,7 @@ import torch
 from . import registry, report
 from .inputs import SIZES
 from .runner import Runner
+from .targets import targets
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 
@@ -40,6 +41,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="wall-clock budget in seconds (default: the size set's)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--ops", default=None, help="comma-separated subset of " + ",".join(registry.OPS))
+    parser.add_argument("--targets-only", action="store_true",
+                        help="CPU: only the SPEC section 7 targets beside their ceilings (benchmarks/ceilings.py)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
@@ -52,6 +55,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         ops = [name for name in ops if name in args.ops.split(",")]
     device = torch.device(args.device)
     runner = Runner(device, sizes_name, args.out, args.budget_s or SIZES[sizes_name].budget_s, not args.no_compile)
+    if args.targets_only:
+        runner.measure_targets()
+        runner.finish()
+        meta = runner.meta
+        print(f"{meta['device_name']}; commit {meta['commit']}; load average {meta['load_average_start']:.1f} "
+              f"at the start, {meta['load_average_end']:.1f} at the end ({meta['elapsed_s']:.0f} s)")
+        lines = targets([], meta)
+        print("\n".join(lines))
+        print(f"targets met: {sum(line.startswith('- met') for line in lines)} of {len(lines)}")
+        return 0
     runner.run(ops)
     rows = list(runner.rows.values())
     report.enrich(rows, runner.meta)
@@ -62,6 +75,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     written = report.plot(rows, runner.meta, args.out)
     print()
     print(text)
+    target_lines = targets(rows, runner.meta)
+    if target_lines:
+        print(f"targets met: {sum(line.startswith('- met') for line in target_lines)} of {len(target_lines)}")
     print(f"wrote {runner.json_path}, {markdown}" + "".join(f", {path}" for path in written)
           + f" in {runner.elapsed():.0f} s")
     return 0

@@ -2,7 +2,7 @@
 job with the harness, and the rows and metadata it keeps in ``results_<device>_<sizes>.json``
 (rewritten after every measurement, so a run cut short keeps what it measured).
 
-Order: main points, torch.compile at the first main point, linear ops, sweeps, the rest. Work left
+Order: on CPU the SPEC section 7 targets beside their ceilings first (ceilings.py), then main points, torch.compile at the first main point, linear ops, sweeps, the rest. Work left
 when the budget runs out is recorded as skipped; a variant that fails is a row, not the end of
 the run.
 """
@@ -212,6 +212,17 @@ class Runner:
         plan += [(point, jobs_at(point, logit_ops, compiled)) for point in main[1:]]
         return plan
 
+    def measure_targets(self) -> None:
+        """CPU: SPEC section 7's targets beside their ceilings, side by side (benchmarks/ceilings.py)."""
+        if self.device.type != "cpu":
+            return
+        from . import ceilings
+
+        self.meta["cpu_targets"] = ceilings.measure_cpu_targets(self.log)
+        self.save()
+
     def run(self, ops: list[str]) -> None:
+        if self.sizes_name == "cpu":  # the targets' sizes (N=1024, V=32000; linear N=512, H=512)
+            self.measure_targets()
         for point, jobs in self.plan(ops):
             self.run_point(point, sorted(jobs, key=lambda job: job.variant.family != "naive"))

@@ -131,7 +131,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
       },
       "dict: backends (['cpu'] or ['cpu', 'cuda']), cuda_version (str or None), archs with SASS "
       "(['sm_80', 'sm_90a', ...]), ptx (embedded PTX, e.g. ['compute_120']), torch_version (the "
-      "torch it was compiled against, whose C++ ABI it needs), cpu_capability ('avx2' or "
+      "torch it was compiled against, whose C++ ABI it needs), cpu_capability ('avx512', 'avx2' or "
       "'default', chosen at run time)");
 }
 #endif

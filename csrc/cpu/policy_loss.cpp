@@ -37,6 +37,7 @@ PolicyLossResult policy_loss_cpu(const at::Tensor& logits, const at::Tensor& tar
   const int64_t row_bytes = logits.stride(0) * logits.element_size();
   char* grad_rows = dlogits.has_value() ? static_cast<char*>(dlogits->data_ptr()) : nullptr;
   const int64_t grad_row_bytes = dlogits.has_value() ? dlogits->stride(0) * dlogits->element_size() : 0;
+  if (grad_rows != nullptr && grad_rows != rows) cpu::advise_huge_pages(grad_rows, n * grad_row_bytes);
   const int64_t* target_values = args.rows.targets.const_data_ptr<int64_t>();
   const float* old_values = args.old_logp.has_value() ? args.old_logp->const_data_ptr<float>() : nullptr;
   const float* ref_values = args.ref_logp.has_value() ? args.ref_logp->const_data_ptr<float>() : nullptr;
@@ -52,11 +53,12 @@ PolicyLossResult policy_loss_cpu(const at::Tensor& logits, const at::Tensor& tar
   const float inv_temperature = clamped_over_temperature(1.0, temperature);
   const float entropy_coef_f = loss_options.entropy_coef;
 
-  at::parallel_for(0, n, cpu::rows_per_task(vocab), [&](int64_t begin, int64_t end) {
+  cpu::for_each_row(n, vocab, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const void* row_ptr = rows + row * row_bytes;
+      const void* next_row = row + 1 < end ? rows + (row + 1) * row_bytes : nullptr;
       const cpu::TokenRow stats = cpu::token_row(kernels, row_ptr, vocab, target_values[row],
-                                                 ignore_index, temperature, inv_temperature);
+                                                 ignore_index, temperature, inv_temperature, next_row);
       TokenInputs inputs;
       inputs.has_target = stats.has_target;
       inputs.scale = scale_values[row];

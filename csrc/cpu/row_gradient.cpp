@@ -29,13 +29,14 @@ void row_gradient_cpu(const at::Tensor& logits, const at::Tensor& targets_in,
   const int64_t row_bytes = logits.stride(0) * logits.element_size();
   char* grad_rows = static_cast<char*>(dlogits.data_ptr());
   const int64_t grad_row_bytes = dlogits.stride(0) * dlogits.element_size();
+  if (grad_rows != rows) cpu::advise_huge_pages(grad_rows, n * grad_row_bytes);
   const int64_t* target_values = args.targets.const_data_ptr<int64_t>();
   const float* target_coefs = args.target_coef.const_data_ptr<float>();
   const float* prob_coefs = args.prob_coef.const_data_ptr<float>();
   const float* entropy_coefs = args.entropy_coef.const_data_ptr<float>();
   const float inv_temperature = clamped_over_temperature(1.0, temperature);
 
-  at::parallel_for(0, n, cpu::rows_per_task(vocab), [&](int64_t begin, int64_t end) {
+  cpu::for_each_row(n, vocab, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const void* row_ptr = rows + row * row_bytes;
       void* grad_row = grad_rows + row * grad_row_bytes;
@@ -46,8 +47,9 @@ void row_gradient_cpu(const at::Tensor& logits, const at::Tensor& targets_in,
         kernels.zero(grad_row, vocab);
         continue;
       }
+      const void* next_row = row + 1 < end ? rows + (row + 1) * row_bytes : nullptr;
       const cpu::TokenRow stats = cpu::token_row(kernels, row_ptr, vocab, target_values[row],
-                                                 ignore_index, temperature, inv_temperature);
+                                                 ignore_index, temperature, inv_temperature, next_row);
       cpu::row_gradient(kernels, row_ptr, grad_row, vocab, inv_temperature, stats, target_values[row],
                         inv_temperature, target_coef, prob_coef, entropy_coef);
     }

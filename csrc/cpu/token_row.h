@@ -1,10 +1,17 @@
 // Per-row statistics of the CPU ops: runs the row kernels and finishes logp / energy / entropy.
 #pragma once
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "cpu/kernels/row_kernels.h"
 
@@ -20,10 +27,12 @@ struct TokenRow {
 };
 
 // The row's statistics; the per-row scalars (log sum, the target's centred logit, logp) in float64.
+// next_row: the row this thread reads next (null: none), prefetched by the kernel.
 inline TokenRow token_row(const RowKernels& kernels, const void* row, int64_t vocab, int64_t target,
-                          int64_t ignore_index, double temperature, float inv_temperature) {
+                          int64_t ignore_index, double temperature, float inv_temperature,
+                          const void* next_row = nullptr) {
   TokenRow out;
-  out.stats = kernels.stats(row, vocab, inv_temperature);
+  out.stats = kernels.stats(row, vocab, inv_temperature, next_row);
   const double log_sum = std::log(static_cast<double>(out.stats.sum));
   out.has_target = target != ignore_index;
   const float target_logit = out.has_target ? kernels.load(row, target) : 0.0f;
@@ -51,10 +60,54 @@ inline void row_gradient(const RowKernels& kernels, const void* row, void* grad_
   kernels.store(grad_row, target, value);
 }
 
-// Rows per parallel task: enough elements to amortise a task.
-inline int64_t rows_per_task(int64_t vocab) {
-  constexpr int64_t kElementsPerTask = 32768;
-  return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(vocab, 1));
+// A gradient buffer that is not the logits, about to be written: ask Linux for transparent huge pages
+// on it. A fresh torch buffer above glibc's mmap threshold (32 MiB) is new anonymous memory every call,
+// and its first touch costs one page fault per 4 KiB (32 000 faults, 40-65 ms for 125 MiB in the dev
+// VM: more than the loss itself); with 2 MiB pages it is ~500x fewer faults. Advice only: a no-op where
+// THP is off ("never") or the pages already exist; errors are ignored. Only the 2 MiB-aligned inside
+// of the buffer is advised, so nothing outside it changes.
+inline void advise_huge_pages(void* data, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  constexpr int64_t kMinBytes = int64_t{8} << 20;
+  if (data == nullptr || bytes < kMinBytes) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
+  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
+// Parallel loop over rows: body(begin, end) on row ranges.
+//
+// - Serial below kMinElementsPerThread elements per thread: a parallel region on a loaded machine waits
+//   for its slowest thread to be scheduled (milliseconds on a shared 2-core box), more than a small
+//   call's whole work (docs/performance.md: the floor at N <= 64).
+// - Above, one task per thread that takes blocks of about kElementsPerBlock elements from a shared
+//   counter (dynamic scheduling): a thread descheduled for a while leaves its rows to the others
+//   instead of holding the whole call up to its static share.
+constexpr int64_t kMinElementsPerThread = int64_t{1} << 20;  // 4 MiB of fp32 logits, ~0.2 ms
+constexpr int64_t kElementsPerBlock = int64_t{1} << 18;  // 1 MiB of fp32: 8 rows at V = 32000
+
+template <typename Body>
+void for_each_row(int64_t rows, int64_t vocab, const Body& body) {
+  const int64_t elements = rows * std::max<int64_t>(vocab, 1);
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), elements / kMinElementsPerThread);
+  if (threads <= 1 || at::in_parallel_region()) {
+    body(int64_t{0}, rows);
+    return;
+  }
+  const int64_t block = std::max<int64_t>(1, kElementsPerBlock / std::max<int64_t>(vocab, 1));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (;;) {
+      const int64_t begin = next.fetch_add(block, std::memory_order_relaxed);
+      if (begin >= rows) break;
+      body(begin, std::min(rows, begin + block));
+    }
+  });
 }
 
 }  // namespace actfocus::cpu

@@ -27,11 +27,11 @@ TokenStatsResult token_stats_cpu(const at::Tensor& logits, const at::Tensor& tar
   float* entropy_out = args.entropy.data_ptr<float>();
   const float inv_temperature = clamped_over_temperature(1.0, temperature);
 
-  at::parallel_for(0, n, cpu::rows_per_task(vocab), [&](int64_t begin, int64_t end) {
+  cpu::for_each_row(n, vocab, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const cpu::TokenRow stats =
           cpu::token_row(kernels, rows + row * row_bytes, vocab, target_values[row], ignore_index,
-                         temperature, inv_temperature);
+                         temperature, inv_temperature, row + 1 < end ? rows + (row + 1) * row_bytes : nullptr);
       logp_out[row] = static_cast<float>(stats.logp);
       energy_out[row] = stats.energy;
       entropy_out[row] = stats.entropy;

@@ -9,24 +9,37 @@
 namespace actfocus::cpu {
 namespace {
 
-// ATen's capability ("DEFAULT", "AVX2", "AVX512", ...; ATEN_CPU_CAPABILITY lowers it) decides.
-bool use_avx2() {
-  static const bool avx2 = [] {
-    const std::string capability = at::get_cpu_capability();
-    return row_kernels_avx2(RowDtype::kFloat32) != nullptr &&
-           (capability.rfind("AVX2", 0) == 0 || capability.rfind("AVX512", 0) == 0);
+enum class Capability { kDefault, kAvx2, kAvx512 };
+
+// ATen's capability ("DEFAULT", "AVX2", "AVX512", ...; ATEN_CPU_CAPABILITY lowers it) decides: ATen
+// reports AVX512 only where AVX-512 F, BW, DQ and VL all run, which is what row_kernels_avx512 uses.
+Capability capability() {
+  static const Capability chosen = [] {
+    const std::string aten = at::get_cpu_capability();
+    if (row_kernels_avx512(RowDtype::kFloat32) != nullptr && aten.rfind("AVX512", 0) == 0) return Capability::kAvx512;
+    if (row_kernels_avx2(RowDtype::kFloat32) != nullptr &&
+        (aten.rfind("AVX2", 0) == 0 || aten.rfind("AVX512", 0) == 0)) {
+      return Capability::kAvx2;
+    }
+    return Capability::kDefault;
   }();
-  return avx2;
+  return chosen;
 }
 
 }  // namespace
 
 const RowKernels& row_kernels(RowDtype dtype) {
-  const RowKernels* kernels = use_avx2() ? row_kernels_avx2(dtype) : row_kernels_default(dtype);
+  const Capability chosen = capability();
+  const RowKernels* kernels = chosen == Capability::kAvx512 ? row_kernels_avx512(dtype)
+                              : chosen == Capability::kAvx2 ? row_kernels_avx2(dtype)
+                                                            : row_kernels_default(dtype);
   TORCH_CHECK(kernels != nullptr, "actfocus_native: no CPU row kernels for this dtype");
   return *kernels;
 }
 
-const char* row_kernels_capability() { return use_avx2() ? "avx2" : "default"; }
+const char* row_kernels_capability() {
+  const Capability chosen = capability();
+  return chosen == Capability::kAvx512 ? "avx512" : chosen == Capability::kAvx2 ? "avx2" : "default";
+}
 
 }  // namespace actfocus::cpu

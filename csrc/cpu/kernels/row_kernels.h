@@ -21,7 +21,9 @@ struct RowStats {
 
 struct RowKernels {
   // Statistics of row[0:vocab]; -inf entries contribute 0 (the row needs one finite entry).
-  RowStats (*stats)(const void* row, int64_t vocab, float inv_temperature);
+  // next_row (may be null): the row read next by this thread, which the kernel may prefetch into L2
+  // while it computes (the memory read of one row then overlaps the arithmetic of the previous one).
+  RowStats (*stats)(const void* row, int64_t vocab, float inv_temperature, const void* next_row);
   // grad_row[v] = grad_scale * (entropy_coef * p_v (x_v - mean_shift) - coef * p_v) with
   // p_v = exp(x_v - log_sum): the row gradient without its one-hot term.
   // grad_row may equal row (each element is read before it is written).
@@ -34,13 +36,14 @@ struct RowKernels {
   void (*zero)(void* row, int64_t vocab);
 };
 
-// Kernels for dtype on this machine's best compiled capability ("avx2" or "default"),
+// Kernels for dtype on this machine's best compiled capability ("avx512", "avx2" or "default"),
 // respecting ATEN_CPU_CAPABILITY.
 const RowKernels& row_kernels(RowDtype dtype);
 const char* row_kernels_capability();
 
-// Per-capability tables (one per translation unit); avx2 is null where it is not compiled.
+// Per-capability tables (one per translation unit); avx2 / avx512 are null where not compiled.
 const RowKernels* row_kernels_default(RowDtype dtype);
 const RowKernels* row_kernels_avx2(RowDtype dtype);
+const RowKernels* row_kernels_avx512(RowDtype dtype);
 
 }  // namespace actfocus::cpu

@@ -78,7 +78,7 @@ inline float centred(float z, float inv_temperature, float row_max) {
 }
 
 template <typename T>
-RowStats row_stats(const void* row_ptr, int64_t vocab, float inv_temperature) {
+RowStats row_stats(const void* row_ptr, int64_t vocab, float inv_temperature, const void* /*next_row*/) {
   const T* row = static_cast<const T*>(row_ptr);
   const int64_t body = vocab - vocab % kStep;
 
