@@ -114,11 +114,14 @@ def logp_policy_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor,
     shape = tuple(log_prob.shape)
     rows = flatten_rows(log_prob.new_zeros(shape + (1,)), log_prob.new_zeros(shape, dtype=torch.int64), None,
                         "reference")
-    m = response_mask.reshape(-1).to(torch.float32)
-    flat_weights = None if weights is None else weights.detach().reshape(-1).to(torch.float32)
+    def flat(x: Tensor) -> Tensor:
+        return x.reshape(-1).to(torch.float32)
+
+    m = flat(response_mask)
+    flat_weights = None if weights is None else flat(weights.detach())
     terms = TokenTerms(
-        logp=log_prob.reshape(-1).to(torch.float32), entropy=torch.zeros_like(m), old_logp=old_log_prob.detach()
-        .reshape(-1).to(torch.float32), advantages=advantages.detach().reshape(-1).to(torch.float32), ref_logp=None,
+        logp=flat(log_prob), entropy=torch.zeros_like(m), old_logp=flat(old_log_prob.detach()),
+        advantages=flat(advantages.detach()), ref_logp=None,
         weights=torch.ones_like(m) if flat_weights is None else flat_weights, weighted=flat_weights is not None,
         multiplier=m, rows=rows)
     out = objective(terms, cfg)
