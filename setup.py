@@ -150,6 +150,10 @@ setup(
         "triton": ["triton>=3.2"],
         "trainer": ["tqdm", "matplotlib"],
         "test": ["pytest", "numpy"],
+        # the peers of actfocus_kernels.integrations.trl / .verl, at the versions their parity is tested
+        # against (the library itself never imports them)
+        "trl": ["trl==1.16.0"],
+        "verl": ["verl==0.9.1"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

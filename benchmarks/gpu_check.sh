@@ -97,6 +97,14 @@ if [ "$(remaining)" -ge 40 ]; then
         2>&1 | tail -16
 fi
 
+if ! $PY -c "import trl" 2>/dev/null; then
+    say "TRL step (benchmarks/bench_trl_step.py): skipped, trl is not installed (pip install actfocus_kernels[trl])"
+elif [ "$(remaining)" -ge 60 ]; then
+    say "TRL GRPO step without generation, stock vs ActFocusGRPOTrainer (benchmarks/bench_trl_step.py)"
+    timeout $(( $(remaining) - 10 )) $PY -m benchmarks.bench_trl_step --device cuda --batch 16 --completion 512 \
+        --hidden 1024 --vocab 151936 2>&1 | grep -E "^\||^TRL"
+fi
+
 say "summary: build $BUILD | tests $TESTS | benchmarks $BENCH | $(elapsed)s of ${DEADLINE_S}s"
 [ "$BUILD" = ok ] && [ "$TESTS" = passed ] && [ "$BENCH" = done ]
 }

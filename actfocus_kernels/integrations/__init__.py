@@ -1,0 +1,11 @@
+"""Drop-in integrations with the trainers of the ecosystem (SPEC section 9).
+
+- ``actfocus_kernels.integrations.trl``: ``ActFocusGRPOConfig`` and ``ActFocusGRPOTrainer`` for TRL.
+- ``actfocus_kernels.integrations.verl``: importing it registers the ``actfocus`` policy losses in
+  verl's registry and provides a fused log-prob / entropy / energy forward.
+- ``actfocus_kernels.integrations.spans``: the action-span rule (completion text -> action tokens)
+  both share.
+
+Nothing here is imported by ``actfocus_kernels`` itself: the peers (``pip install
+actfocus_kernels[trl]`` / ``[verl]``) are imported only when one of these modules is.
+"""
