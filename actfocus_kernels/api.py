@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import ops
+from . import ops, tensor_parallel
 from .backends import resolve_backend
 from .config import (ActFocusConfig, PolicyLossConfig, PolicyLossOutput, TokenStats, check_ignore_index,
                      check_temperature)
@@ -18,7 +18,8 @@ from .rows import check, check_targets, flat_targets, flatten_rows, per_token
 
 
 def token_stats(
-    logits: Tensor, targets: Tensor, temperature: float = 1.0, backend: str = "auto", *, ignore_index: int = -100
+    logits: Tensor, targets: Tensor, temperature: float = 1.0, backend: str = "auto", *, ignore_index: int = -100,
+    tp_group=None,
 ) -> TokenStats:
     """Per-token ``logp``, ``energy`` and ``entropy`` of ``logits [..., V]`` in one read.
 
@@ -26,8 +27,12 @@ def token_stats(
     ``energy = -T lse``, ``entropy = lse - sum_v p_v s_v`` (SPEC section 2). Outputs are fp32 and
     shaped like ``targets`` (``logits.shape[:-1]``). Differentiable when ``logits`` require grad:
     backward is one more pass over the logits, ``dz = (g_logp (onehot - p) - T g_energy p -
-    g_entropy p (s - mu)) / T`` (exact; no second-order gradient).
+    g_entropy p (s - mu)) / T`` (exact; no second-order gradient). With ``tp_group`` the logits are
+    this rank's vocabulary block and the targets global ids (``tensor_parallel``, SPEC section 8).
     """
+    if tp_group is not None:
+        return tensor_parallel.sharded_token_stats(logits, targets, temperature, backend, ignore_index=ignore_index,
+                                                   group=tp_group)
     check(isinstance(logits, Tensor), f"logits must be a torch.Tensor, got {type(logits).__name__}", TypeError)
     check(isinstance(targets, Tensor), f"targets must be a torch.Tensor, got {type(targets).__name__}", TypeError)
     check_temperature("token_stats", temperature)

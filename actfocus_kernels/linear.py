@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import tensor_parallel
 from .backends import resolve_backend
 from .config import (ActFocusConfig, PolicyLossConfig, PolicyLossOutput, TokenStats, check_ignore_index,
                      check_temperature)
@@ -60,6 +61,7 @@ def linear_token_stats(
     chunk_size: Optional[int] = None,
     backend: str = "auto",
     ignore_index: int = -100,
+    tp_group=None,
 ) -> TokenStats:
     """``token_stats`` of the logits ``z = hidden @ weight.T + bias``, never materialised.
 
@@ -69,8 +71,14 @@ def linear_token_stats(
     the targets. ``chunk_size`` tokens at a time (``None``: ``chunk_rows`` picks it from the shapes
     and the free memory); the logits of a chunk are computed in the hidden dtype. Differentiable in
     ``hidden``, ``weight`` and ``bias``: backward recomputes each chunk's logits, one ``row_gradient``
-    pass, then the two gradient GEMMs (no N x V intermediate; no second-order gradient).
+    pass, then the two gradient GEMMs (no N x V intermediate; no second-order gradient). With
+    ``tp_group`` the weight and bias are this rank's vocabulary rows, the targets global ids and the
+    gradient of ``hidden`` is summed over the group in backward (``tensor_parallel``, SPEC section 8).
     """
+    if tp_group is not None:
+        return tensor_parallel.sharded_linear_token_stats(
+            hidden, weight, targets, temperature, bias=bias, chunk_size=chunk_size, backend=backend,
+            ignore_index=ignore_index, group=tp_group)
     check(isinstance(targets, Tensor), f"targets must be a torch.Tensor, got {type(targets).__name__}", TypeError)
     check_temperature("linear_token_stats", temperature)
     check_ignore_index("linear_token_stats", ignore_index)
