@@ -6,6 +6,8 @@ rank instead of hanging. One spawn per group size runs every case (processes are
 from __future__ import annotations
 
 import contextlib
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,13 @@ from actfocus_kernels.data_parallel import global_counts
 from conftest import BACKENDS
 from distributed import run_ranks
 from tolerances import GRAD_RTOL, OUTPUT_RTOL, assert_rel_close
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import bench_tensor_parallel  # noqa: E402
+from benchmarks.megatron_vocab_parallel import VocabParallelCrossEntropy  # noqa: E402
 
 TEMPERATURE = 0.8
 IGNORE = -100
@@ -157,6 +166,20 @@ def check_global_counts(rank, world_size):
     assert calls["all_reduce"] == 1
 
 
+def check_megatron_scheme(rank, world_size):
+    """The benchmark's comparison computes the same log-probs and gradient as ours."""
+    logits, targets = stats_batch(world_size, 24, seed=4)
+    targets[1, 2] = 3  # Megatron's scheme has no ignore_index
+    logits, targets = logits.view(-1, 24), targets.view(-1)
+    ours = block(logits, rank, world_size, -1).requires_grad_(True)
+    theirs = ours.detach().clone().requires_grad_(True)
+    (-token_stats(ours, targets, tp_group=dist.group.WORLD).logp).sum().backward()
+    loss = VocabParallelCrossEntropy.apply(theirs, targets, rank * (24 // world_size), dist.group.WORLD)
+    loss.sum().backward()
+    assert_rel_close(-loss, token_stats(logits, targets).logp, OUTPUT_RTOL, "Megatron logp")
+    assert_rel_close(theirs.grad, ours.grad, GRAD_RTOL[torch.float32], "Megatron gradient")
+
+
 def every_check(rank, world_size, backends):
     for backend in backends:
         check_logits_path(rank, world_size, backend, torch.float32)
@@ -165,8 +188,16 @@ def every_check(rank, world_size, backends):
     check_linear_path(rank, world_size, backends[-1], with_bias=False)
     check_errors(rank, world_size)
     check_global_counts(rank, world_size)
+    check_megatron_scheme(rank, world_size)
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
 def test_vocab_parallel_statistics(world_size):
     run_ranks(every_check, world_size, tuple(BACKENDS))
+
+
+def test_benchmark_smoke(capsys):
+    assert bench_tensor_parallel.main(["--tokens", "16", "--vocab", "64"]) == 0
+    table = capsys.readouterr().out
+    assert "| stats, vocab-parallel (ours) | 1 | 12.75 | 12.75 |" in table  # (1 + 16) rows of 12 bytes / 16
+    assert "| collectives only: Megatron (3 all-reduces) | 3 | 12.00 | 12.00 |" in table
