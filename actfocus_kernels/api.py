@@ -13,8 +13,9 @@ from .backends import resolve_backend
 from .config import (ActFocusConfig, PolicyLossConfig, PolicyLossOutput, TokenStats, check_ignore_index,
                      check_temperature)
 from .contract import LossOpOutputs
-from .policy_rows import check_loss_configs, loss_inputs, loss_output, uncertainty_of, weights_on_rows
+from .policy_rows import CurrentStats, LossInputs, check_loss_configs, loss_inputs, loss_output, uncertainty_of, weights_on_rows
 from .rows import check, check_targets, flat_targets, flatten_rows, per_token
+from .variants import is_fused, two_pass_loss
 
 
 def token_stats(
@@ -93,8 +94,10 @@ def policy_loss(
     actfocus: Optional[ActFocusConfig] = None,
     inplace_grad: bool = False,
     backend: str = "auto",
+    generator: Optional[torch.Generator] = None,
 ) -> PolicyLossOutput:
-    """Clipped PPO/GRPO policy loss with optional ActFocus weights, KL and entropy terms (SPEC 4).
+    """Clipped PPO/GRPO policy loss, or a variant (SPEC 4.1), with optional ActFocus weights, KL and
+    entropy terms (SPEC 4).
 
     ``logits [B, L, V]`` (per-token inputs ``[B, L]``, advantages ``[B, L]`` or ``[B]``) or packed
     ``[N, V]`` with ``cu_seqlens [S + 1]`` (per-token ``[N]``, advantages ``[N]`` or ``[S]``).
@@ -105,18 +108,34 @@ def policy_loss(
     the current logits' statistics; ``source="old"``: needs ``weights`` precomputed by
     ``actfocus_weights(token_stats(old_logits, ...), ...)``, except ``uncertainty="nll"`` which
     uses ``-old_logp``), else 1. With ``inplace_grad=True`` the gradient overwrites the logits.
+
+    ``cfg.policy`` and the other variant fields choose TRL's and verl's losses (``variants``); the
+    configurations ``variants.is_fused`` names run the single-pass fused kernel, the others two
+    passes (differentiable statistics, the variant's scalars, the gradient pass) and take no
+    ``inplace_grad``. ``generator`` draws clip-cov's random token choice (None: torch's default).
     """
     check_loss_configs(cfg, actfocus)
     check(isinstance(logits, Tensor), f"logits must be a torch.Tensor, got {type(logits).__name__}", TypeError)
     backend = resolve_backend(backend, logits.device)
+    fused = is_fused(cfg)
+    check(fused or not inplace_grad, f"inplace_grad=True needs the single-pass fused loss; policy={cfg.policy!r} "
+          "with these options runs two passes (README: variants)")
     rows = flatten_rows(logits, targets, cu_seqlens, backend, need_view=inplace_grad)
 
-    def current_stats(targets_flat: Tensor, selected: Tensor) -> TokenStats:
-        return TokenStats(*torch.ops.actfocus.token_stats(
-            rows.flat.detach(), targets_flat, float(cfg.temperature), int(cfg.ignore_index), backend))
+    def inputs_with(current_stats: CurrentStats) -> LossInputs:
+        return loss_inputs(rows, targets, logits.shape[-1], old_logp, advantages, loss_mask, weights, action_mask,
+                           ref_logp, turn_ids, cfg, actfocus, current_stats)
 
-    inputs = loss_inputs(rows, targets, logits.shape[-1], old_logp, advantages, loss_mask, weights, action_mask,
-                         ref_logp, turn_ids, cfg, actfocus, current_stats)
+    def row_stats(flat: Tensor, targets_flat: Tensor) -> TokenStats:
+        return TokenStats(*torch.ops.actfocus.token_stats(
+            flat, targets_flat, float(cfg.temperature), int(cfg.ignore_index), backend))
+
+    if not fused:
+        check_targets(targets, logits.shape[-1], cfg.ignore_index)
+        return two_pass_loss(row_stats(rows.flat, flat_targets(targets)), rows, inputs_with, cfg, generator,
+                             weights is not None or actfocus is not None)
+    # ActFocus source="current": the weights from the current statistics, before the fused pass
+    inputs = inputs_with(lambda targets_flat, _selected: row_stats(rows.flat.detach(), targets_flat))
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
     if inplace_grad and compute_grad:
         outputs = ops.InplaceGradPolicyLoss.apply(rows.flat, inputs.row, backend)

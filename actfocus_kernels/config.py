@@ -11,8 +11,12 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-KL_TYPES = ("k1", "k2", "k3")
+AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+KL_TYPES = ("k1", "k2", "k3", "abs", "k1+", "k3+", "low_var_kl")
+POLICIES = ("ppo", "gspo", "gspo_token", "cispo", "cispo_two_sided", "sapo", "gpg", "gmpo", "clip_cov", "kl_cov",
+            "dro")
+ENTROPY_AGGS = ("token-mean",)
+EMPTY_SEQS = ("skip", "count")
 UNCERTAINTIES = ("energy", "entropy", "nll")
 SCOPES = ("sequence", "turn")
 SOURCES = ("old", "current")
@@ -56,11 +60,15 @@ def check_ignore_index(owner: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class PolicyLossConfig:
-    """Clipped PPO/GRPO surrogate (SPEC section 4).
+    """A PPO-family policy loss (SPEC sections 4 and 4.1); ``actfocus_kernels.variants`` has the math.
 
-    ratio ``r = exp(clamp(logp - old_logp, -20, 20))``; ``L_pg = max(-A r, -A clip(r, 1-clip_low,
-    1+clip_high))``, then ``min(L_pg, -A dual_clip)`` where ``A < 0`` when ``dual_clip`` is set;
-    token loss ``w L_pg + kl_coef KL(kl_type) - entropy_coef H``, aggregated by ``agg``.
+    ``policy="ppo"``: ratio ``r = exp(clamp(logp - old_logp, -20, 20))``; ``L_pg = max(-A min(r, delta),
+    -A clip(r, 1-clip_low, 1+clip_high))``, then ``min(L_pg, -A dual_clip)`` where ``A < 0`` when
+    ``dual_clip`` is set. The other ``policy`` values are TRL's and verl's variants (``POLICIES``;
+    their parameters: ``delta``, ``sapo_tau_*``, ``clip_cov_*``, ``kl_cov_*``, ``dro_beta``).
+    Token loss ``w L_pg + kl_coef KL(kl_type) - entropy_coef H`` (the KL times the importance ratio
+    with ``kl_bias_correction``), aggregated by ``agg`` with the normalisers ``norm_tokens``,
+    ``norm_seqs``, ``norm_len`` and ``empty_seqs``; the entropy term by ``entropy_agg`` when given.
     """
 
     clip_low: float = 0.2
@@ -74,6 +82,20 @@ class PolicyLossConfig:
     norm_len: Optional[int] = None
     temperature: float = 1.0
     ignore_index: int = -100
+    policy: str = "ppo"
+    delta: Optional[float] = None
+    sapo_tau_pos: float = 1.0
+    sapo_tau_neg: float = 1.05
+    clip_cov_ratio: float = 0.0002
+    clip_cov_lb: float = 1.0
+    clip_cov_ub: float = 5.0
+    kl_cov_ratio: float = 0.0002
+    kl_cov_coef: float = 0.1
+    dro_beta: float = 1.0
+    kl_bias_correction: bool = False
+    entropy_agg: Optional[str] = None
+    norm_seqs: Optional[float] = None
+    empty_seqs: Optional[str] = None
 
     def __post_init__(self) -> None:
         owner = "PolicyLossConfig"
@@ -88,6 +110,24 @@ class PolicyLossConfig:
         check_number(owner, "norm_len", self.norm_len, low=0, low_open=True, integer=True, optional=True)
         check_temperature(owner, self.temperature)
         check_ignore_index(owner, self.ignore_index)
+        check_choice(owner, "policy", self.policy, POLICIES)
+        check_number(owner, "delta", self.delta, low=0.0, low_open=True, optional=True)
+        for name in ("sapo_tau_pos", "sapo_tau_neg", "clip_cov_ratio", "kl_cov_ratio", "dro_beta"):
+            check_number(owner, name, getattr(self, name), low=0.0, low_open=True)
+        check_number(owner, "clip_cov_lb", self.clip_cov_lb)
+        check_number(owner, "clip_cov_ub", self.clip_cov_ub)
+        check_number(owner, "kl_cov_coef", self.kl_cov_coef)
+        if not isinstance(self.kl_bias_correction, bool):
+            raise TypeError(f"{owner}.kl_bias_correction must be a bool, got {self.kl_bias_correction!r}")
+        if self.entropy_agg is not None:
+            check_choice(owner, "entropy_agg", self.entropy_agg, ENTROPY_AGGS)
+        check_number(owner, "norm_seqs", self.norm_seqs, low=0.0, low_open=True, optional=True)
+        if self.empty_seqs is not None:
+            check_choice(owner, "empty_seqs", self.empty_seqs, EMPTY_SEQS)
+        if self.dual_clip is not None and self.policy != "ppo":
+            raise ValueError(f"{owner}.dual_clip is a policy='ppo' option, got policy={self.policy!r}")
+        if self.delta is not None and self.policy not in ("ppo", "gspo"):
+            raise ValueError(f"{owner}.delta caps the ratio of policy 'ppo' or 'gspo', got policy={self.policy!r}")
 
 
 @dataclass(frozen=True)

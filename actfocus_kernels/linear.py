@@ -15,8 +15,9 @@ from .backends import resolve_backend
 from .config import (ActFocusConfig, PolicyLossConfig, PolicyLossOutput, TokenStats, check_ignore_index,
                      check_temperature)
 from .contract import LossOpOutputs
-from .policy_rows import check_loss_configs, loss_inputs, loss_output
+from .policy_rows import CurrentStats, LossInputs, check_loss_configs, loss_inputs, loss_output
 from .rows import check, check_targets, flat_targets, flatten_rows
+from .variants import is_fused, two_pass_loss
 
 def _check_head(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]) -> int:
     """Validate the LM head against ``hidden [..., H]``; returns the vocabulary size V."""
@@ -113,6 +114,7 @@ def linear_policy_loss(
     actfocus: Optional[ActFocusConfig] = None,
     inplace_grad: bool = False,
     backend: str = "auto",
+    generator: Optional[torch.Generator] = None,
 ) -> PolicyLossOutput:
     """``policy_loss`` (SPEC section 4) of the logits ``z = hidden @ weight.T + bias``, never materialised.
 
@@ -135,6 +137,10 @@ def linear_policy_loss(
     time), computes their statistics (``linear_token_stats`` on the selected rows: ``|A| V H``
     extra multiply-adds, small as actions are a small share of the tokens), then the weights, then
     runs the chunked loss pass with them.
+
+    Variants that are not single-pass (``variants.is_fused``) take their statistics from
+    ``linear_token_stats`` (differentiable: its backward recomputes each chunk's logits, a fourth
+    GEMM) and form the loss from them; ``generator`` as in ``policy_loss``.
     """
     check_loss_configs(cfg, actfocus)
     vocab = _check_head(hidden, weight, bias)
@@ -142,13 +148,22 @@ def linear_policy_loss(
     rows = flatten_rows(hidden, targets, cu_seqlens, backend, name="hidden")
     chunk = _chunk_arg(chunk_size)
 
-    def current_stats(targets_flat: Tensor, selected: Tensor) -> TokenStats:
-        return TokenStats(*torch.ops.actfocus.linear_token_stats(
-            rows.flat.detach(), weight.detach(), _detached(bias), targets_flat, selected, float(cfg.temperature),
-            int(cfg.ignore_index), chunk, backend))
+    def inputs_with(current_stats: CurrentStats) -> LossInputs:
+        return loss_inputs(rows, targets, vocab, old_logp, advantages, loss_mask, weights, action_mask, ref_logp,
+                           turn_ids, cfg, actfocus, current_stats)
 
-    inputs = loss_inputs(rows, targets, vocab, old_logp, advantages, loss_mask, weights, action_mask, ref_logp,
-                         turn_ids, cfg, actfocus, current_stats)
+    def head_stats(selected: Optional[Tensor], targets_flat: Tensor, detach: bool) -> TokenStats:
+        tensors = (rows.flat, weight, bias)
+        hidden_rows, head, head_bias = (_detached(x) for x in tensors) if detach else tensors
+        return TokenStats(*torch.ops.actfocus.linear_token_stats(
+            hidden_rows, head, head_bias, targets_flat, selected, float(cfg.temperature), int(cfg.ignore_index),
+            chunk, backend))
+
+    if not is_fused(cfg):
+        check_targets(targets, vocab, cfg.ignore_index)
+        return two_pass_loss(head_stats(None, flat_targets(targets), detach=False), rows, inputs_with, cfg, generator,
+                             weights is not None or actfocus is not None)
+    inputs = inputs_with(lambda targets_flat, selected: head_stats(selected, targets_flat, detach=True))
     grad_mode = torch.is_grad_enabled()
     *outputs, _grad_hidden, _grad_weight, _grad_bias = torch.ops.actfocus.linear_policy_loss(
         rows.flat, weight, bias, **inputs.row.as_kwargs(), chunk_size=chunk,

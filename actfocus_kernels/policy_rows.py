@@ -55,20 +55,40 @@ def mask_multiplier(loss_mask: Tensor, targets: Tensor, rows: Rows, ignore_index
     return torch.where(targets != ignore_index, m, 0.0)
 
 
+def _per_seq(m: Tensor, rows: Rows) -> Tensor:
+    return torch.zeros(rows.num_seqs, dtype=m.dtype, device=m.device).index_add_(0, rows.seq_ids, m)
+
+
+def sequence_count(m: Tensor, rows: Rows, cfg: PolicyLossConfig, skip_empty: bool):
+    """The number of sequences a seq-mean mode divides by: ``cfg.norm_seqs`` when given (a global
+    count), else the sequences with ``sum m > 0`` (``empty_seqs="skip"``, verl's local convention) or
+    every row (``"count"``, TRL's grpo); ``skip_empty`` is the mode's default (SPEC section 4)."""
+    if cfg.norm_seqs is not None:
+        return cfg.norm_seqs
+    if cfg.empty_seqs == "skip" or (cfg.empty_seqs is None and skip_empty):
+        return (_per_seq(m, rows) > 0).sum().clamp(min=1)
+    return max(rows.num_seqs, 1)
+
+
+def token_count(m: Tensor, cfg: PolicyLossConfig):
+    """The token-mean denominator: ``cfg.norm_tokens`` when given, else ``max(sum m, 1)``."""
+    return cfg.norm_tokens if cfg.norm_tokens is not None else m.sum().clamp(min=1.0)
+
+
 def loss_scale(m: Tensor, rows: Rows, cfg: PolicyLossConfig) -> Tensor:
     """``d loss / d l_t`` for the aggregation mode ``cfg.agg`` (SPEC section 4) with mask multipliers
     ``m``: zero off the mask, ``m`` times the mode's normaliser on it."""
     if cfg.agg == "token-mean":
-        denominator = cfg.norm_tokens if cfg.norm_tokens is not None else m.sum().clamp(min=1.0)
-        return m / denominator
+        return m / token_count(m, cfg)
+    if cfg.agg == "token-sum":
+        return m
     if cfg.agg == "seq-mean-token-mean":
-        per_seq = torch.zeros(rows.num_seqs, device=m.device).index_add_(0, rows.seq_ids, m)
-        num_seqs = (per_seq > 0).sum().clamp(min=1)
-        return m / (torch.where(per_seq > 0, per_seq, 1.0)[rows.seq_ids] * num_seqs)
+        per_seq = _per_seq(m, rows)
+        return m / (torch.where(per_seq > 0, per_seq, 1.0)[rows.seq_ids] * sequence_count(m, rows, cfg, True))
     if cfg.agg == "seq-mean-token-sum":
-        return m / max(rows.num_seqs, 1)
+        return m / sequence_count(m, rows, cfg, False)
     norm_len = cfg.norm_len if cfg.norm_len is not None else rows.padded_len
-    return m / (max(rows.num_seqs, 1) * norm_len)
+    return m / (sequence_count(m, rows, cfg, False) * norm_len)
 
 
 @dataclass
@@ -128,11 +148,12 @@ def loss_inputs(
     if flat_weights is None:
         flat_weights = torch.ones(mask.shape, dtype=torch.float32, device=mask.device)
 
+    # KL types without an id (abs, k1+, ...) only run the two-pass path, whose kernels never read it
     row = RowLossInputs(
         targets=targets, old_logp=old, advantages=advantages_per_token(advantages, rows),
         ref_logp=ref if cfg.kl_coef > 0 else None, weights=flat_weights, scale=loss_scale(multiplier, rows, cfg),
         temperature=float(cfg.temperature), clip_low=float(cfg.clip_low), clip_high=float(cfg.clip_high),
-        dual_clip=float(cfg.dual_clip or 0.0), kl_coef=float(cfg.kl_coef), kl_type=KL_TYPE_IDS[cfg.kl_type],
+        dual_clip=float(cfg.dual_clip or 0.0), kl_coef=float(cfg.kl_coef), kl_type=KL_TYPE_IDS.get(cfg.kl_type, 0),
         entropy_coef=float(cfg.entropy_coef), ignore_index=int(cfg.ignore_index),
     )
     return LossInputs(row, multiplier, mask, action, old, flat_weights)

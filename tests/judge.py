@@ -34,11 +34,133 @@ def sequences(num_tokens_shape: tuple, cu_seqlens: Optional[torch.Tensor]) -> li
     return [list(range(bounds[i], bounds[i + 1])) for i in range(len(bounds) - 1)]
 
 
+def _seq_counts(groups, m, cfg, skip_by_default: bool):
+    if cfg.norm_seqs is not None:
+        return cfg.norm_seqs
+    skip = cfg.empty_seqs == "skip" if cfg.empty_seqs is not None else skip_by_default
+    return max(sum(1 for g in groups if m[g].sum() > 0), 1) if skip else max(len(groups), 1)
+
+
+def _aggregate(token, m, groups, targets, cfg):
+    """SPEC section 4's aggregation table of the masked token values ``token`` (already ``m l``)."""
+    if cfg.agg == "token-mean":
+        return token.sum() / (cfg.norm_tokens if cfg.norm_tokens is not None else max(m.sum().item(), 1.0))
+    if cfg.agg == "token-sum":
+        return token.sum()
+    if cfg.agg == "seq-mean-token-mean":
+        per_seq = [token[g].sum() / m[g].sum() for g in groups if m[g].sum() > 0]
+        return sum(per_seq, torch.zeros((), dtype=torch.float64)) / _seq_counts(groups, m, cfg, True)
+    if cfg.agg == "seq-mean-token-sum":
+        return sum((token[g].sum() for g in groups), torch.zeros((), dtype=torch.float64)) / _seq_counts(groups, m, cfg, False)
+    longest = targets.shape[1] if targets.dim() == 2 else max(max(len(g) for g in groups), 1)
+    norm_len = cfg.norm_len or longest
+    return token.sum() / (_seq_counts(groups, m, cfg, False) * norm_len)
+
+
+def _kl(logp, ref, kl_type):
+    d = logp - ref
+    low_var = torch.clamp(torch.exp(torch.clamp(ref - logp, -20, 20)) - torch.clamp(ref - logp, -20, 20) - 1, -10, 10)
+    if kl_type in ("k1+", "k3+"):  # the value of k1 / verl's k3, the gradient of k2
+        value = (d if kl_type == "k1+" else low_var).detach()
+        return value + 0.5 * d ** 2 - (0.5 * d ** 2).detach()
+    return {"k1": d, "k2": 0.5 * d ** 2, "k3": torch.exp(ref - logp) - (ref - logp) - 1, "abs": d.abs(),
+            "low_var_kl": low_var}[kl_type]
+
+
+def _policy_terms(cfg, logp, old, adv, m, mask, groups, generator):
+    """Per-token policy losses (a list) and importance ratios, written per token and per sequence;
+    for gmpo the per-sequence losses instead."""
+    lo, hi = cfg.clip_low, cfg.clip_high
+    n = logp.shape[0]
+    token_ratio = torch.exp(torch.clamp(logp - old, -RATIO_LOG_CLAMP, RATIO_LOG_CLAMP))
+    seq_log_ratio = [None] * n
+    for g in groups:
+        value = sum((m[i] * (logp[i] - old[i]) for i in g), torch.zeros((), dtype=torch.float64))
+        value = value / max(m[g].sum().item(), 1.0)
+        for i in g:
+            seq_log_ratio[i] = value
+
+    def ppo_like(r, capped, i):
+        a = adv[i]
+        return torch.maximum(-a * capped, -a * torch.clamp(r, 1 - lo, 1 + hi))
+
+    losses, ratios = [], []
+    if cfg.policy == "gmpo":
+        per_seq = []
+        for g in groups:
+            count = m[g].sum() + 1e-8
+            total_lr, total_a, total_w = 0.0, 0.0, 0.0
+            for i in g:
+                lr = logp[i] - old[i]
+                sgn = torch.sign(adv[i])
+                total_lr = total_lr + m[i] * sgn * torch.minimum(sgn * lr, sgn * torch.clamp(lr, -lo, hi))
+                total_a = total_a + m[i] * adv[i]
+            seq_ratio = torch.exp(total_lr / count)
+            per_seq.append((-(total_a / count) * seq_ratio, g, count, seq_ratio))
+        return per_seq, None
+    if cfg.policy == "clip_cov":
+        mean_a = (m * adv).sum() / (m.sum() + 1e-8)
+        mean_lp = (m * logp.detach()).sum() / (m.sum() + 1e-8)
+        candidates = []
+        for i in range(n):
+            r = token_ratio[i]
+            clipped = -adv[i] * torch.clamp(r, 1 - lo, 1 + hi) > -adv[i] * r
+            cov = (adv[i] - mean_a) * (logp[i].detach() - mean_lp)
+            if mask[i] and not clipped and cfg.clip_cov_lb < cov < cfg.clip_cov_ub:
+                candidates.append(i)
+        dropped = set()
+        if candidates:
+            order = torch.randperm(len(candidates), generator=generator)
+            budget = max(int(cfg.clip_cov_ratio * m.sum().item()), 1)
+            dropped = {candidates[int(j)] for j in order[:budget]}
+    if cfg.policy == "kl_cov":
+        valid = [i for i in range(n) if mask[i]]
+        chosen = set()
+        if valid:
+            a_mean = adv[valid].mean()
+            lp_mean = logp.detach()[valid].mean()
+            cov = torch.stack([(adv[i] - a_mean) * (logp[i].detach() - lp_mean) for i in valid])
+            k = max(1, int(len(valid) * cfg.kl_cov_ratio))
+            chosen = {valid[int(j)] for j in torch.topk(cov, k).indices}
+    for i in range(n):
+        r, a, lr = token_ratio[i], adv[i], logp[i] - old[i]
+        if cfg.policy in ("ppo", "clip_cov"):
+            capped = r if cfg.delta is None else torch.clamp(r, max=cfg.delta)
+            loss = ppo_like(r, capped, i)
+            if cfg.dual_clip is not None and a < 0:
+                loss = torch.minimum(loss, -a * cfg.dual_clip)
+            if cfg.policy == "clip_cov" and i in dropped:
+                loss = loss * 0
+        elif cfg.policy == "gspo":
+            r = torch.exp(torch.clamp(seq_log_ratio[i], -RATIO_LOG_CLAMP, RATIO_LOG_CLAMP))
+            loss = ppo_like(r, r if cfg.delta is None else torch.clamp(r, max=cfg.delta), i)
+        elif cfg.policy == "gspo_token":
+            r = torch.exp(torch.clamp(logp[i] - logp[i].detach() + seq_log_ratio[i].detach(), max=10.0))
+            loss = ppo_like(r, r, i)
+        elif cfg.policy == "cispo":
+            loss = -torch.clamp(r, max=1 + hi).detach() * a * logp[i]
+        elif cfg.policy == "cispo_two_sided":
+            loss = -torch.clamp(r, 1 - lo, 1 + hi).detach() * a * logp[i]
+        elif cfg.policy == "sapo":
+            tau = cfg.sapo_tau_pos if a > 0 else cfg.sapo_tau_neg
+            loss = -torch.sigmoid(tau * (r - 1)) * 4 / tau * a
+        elif cfg.policy == "gpg":
+            loss = -a * logp[i]
+        elif cfg.policy == "dro":
+            loss = -(logp[i] * a - 0.5 * cfg.dro_beta * lr ** 2)
+        elif cfg.policy == "kl_cov":
+            loss = -a * r + (cfg.kl_cov_coef * lr.abs() if i in chosen else 0)
+        losses.append(loss)
+        ratios.append(r)
+    return losses, ratios
+
+
 def judge_policy_loss(
     logits, targets, old_logp, advantages, loss_mask, *, weights=None, ref_logp=None, cu_seqlens=None,
-    cfg: PolicyLossConfig = PolicyLossConfig(),
+    cfg: PolicyLossConfig = PolicyLossConfig(), generator=None,
 ):
-    """float64 ``(loss, dloss/dlogits, per-token dict)`` straight from SPEC section 4."""
+    """float64 ``(loss, dloss/dlogits, per-token dict)`` straight from SPEC sections 4 and 4.1 (the
+    peers' formulas, token by token and sequence by sequence)."""
     z = logits.detach().double().requires_grad_(True)
     T = cfg.temperature
     logp, energy, entropy = judge_stats(z, targets, T, cfg.ignore_index)
@@ -48,34 +170,44 @@ def judge_policy_loss(
     if adv.shape != targets.shape:  # one per sequence
         adv = torch.cat([adv[i].expand(len(g)) for i, g in enumerate(groups)])
     adv = adv.reshape(-1)
-    old = logp_f.detach() if old_logp is None else old_logp.double().reshape(-1)
-    w = torch.ones_like(logp_f) if weights is None else weights.double().reshape(-1)
     # the loss mask is a multiplier m (SPEC 4): active iff m > 0, counting m in every sum
     m = torch.where(targets.reshape(-1) != cfg.ignore_index, loss_mask.reshape(-1).double(), 0.0)
     mask = m > 0
-    ratio = torch.exp(torch.clamp(logp_f - old, -RATIO_LOG_CLAMP, RATIO_LOG_CLAMP))
-    pg = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - cfg.clip_low, 1 + cfg.clip_high))
-    if cfg.dual_clip is not None:
-        pg = torch.where(adv < 0, torch.minimum(pg, -adv * cfg.dual_clip), pg)
-    token = w * pg - cfg.entropy_coef * entropy_f
-    if cfg.kl_coef > 0:
-        ref = ref_logp.double().reshape(-1)
-        d = logp_f - ref
-        kl = {"k1": d, "k2": 0.5 * d ** 2, "k3": torch.exp(ref - logp_f) - (ref - logp_f) - 1}[cfg.kl_type]
-        token = token + cfg.kl_coef * kl
-    token = torch.where(mask, m * token, torch.zeros_like(token))  # m * l, exactly 0 off the mask
-    if cfg.agg == "token-mean":
-        loss = token.sum() / (cfg.norm_tokens if cfg.norm_tokens is not None else max(m.sum().item(), 1.0))
-    elif cfg.agg == "seq-mean-token-mean":
-        per_seq = [token[g].sum() / m[g].sum() for g in groups if m[g].sum() > 0]
-        loss = torch.stack(per_seq).mean() if per_seq else token.sum() * 0
-    elif cfg.agg == "seq-mean-token-sum":
-        loss = torch.stack([token[g].sum() for g in groups]).mean()
+    zero = torch.zeros((), dtype=torch.float64)
+    logp_m = torch.where(mask, logp_f, zero)  # nothing off the mask reaches the loss
+    adv = torch.where(mask, adv, zero)
+    old = logp_m.detach() if old_logp is None else torch.where(mask, old_logp.double().reshape(-1), zero)
+    w = torch.ones_like(logp_f) if weights is None else torch.where(mask, weights.double().reshape(-1), zero)
+    losses, ratios = _policy_terms(cfg, logp_m, old, adv, m, mask, groups, generator)
+    if cfg.policy == "gmpo":
+        seq_w = [torch.exp(sum((m[i] * torch.log(w[i] + 1e-10) for i in g), zero) / count) if weights is not None
+                 else 1.0 for _, g, count, _ in losses]
+        rows = cfg.norm_seqs if cfg.norm_seqs is not None else max(len(groups), 1)
+        loss = sum((value * sw for (value, _, _, _), sw in zip(losses, seq_w)), zero) / rows
+        ratio = torch.cat([seq_ratio.expand(len(g)) for _, g, _, seq_ratio in losses])
+        token = torch.zeros_like(logp_f)
     else:
-        longest = targets.shape[1] if targets.dim() == 2 else max(max(len(g) for g in groups), 1)
-        norm_len = cfg.norm_len or longest
-        loss = token.sum() / (len(groups) * norm_len)
-    (grad,) = torch.autograd.grad(loss, z)
+        empty = torch.zeros(0, dtype=torch.float64)
+        ratio = torch.stack(ratios) if ratios else empty
+        token = w * (torch.stack(losses) if losses else empty)
+        loss = zero
+    if cfg.kl_coef > 0:
+        ref = torch.where(mask, ref_logp.double().reshape(-1), zero)
+        kl = _kl(logp_m, ref, cfg.kl_type)
+        if cfg.kl_bias_correction:
+            kl = kl * ratio
+        token = token + cfg.kl_coef * kl
+    if cfg.entropy_coef != 0 and cfg.entropy_agg is None:
+        token = token - cfg.entropy_coef * entropy_f
+    token = torch.where(mask, m * token, torch.zeros_like(token))  # m * l, exactly 0 off the mask
+    loss = loss + _aggregate(token, m, groups, targets, cfg)
+    if cfg.entropy_coef != 0 and cfg.entropy_agg == "token-mean":
+        bonus = torch.where(mask, m * entropy_f, zero).sum() / max(m.sum().item(), 1.0)
+        loss = loss - cfg.entropy_coef * bonus
+    if loss.requires_grad:
+        (grad,) = torch.autograd.grad(loss, z, allow_unused=True, materialize_grads=True)
+    else:  # no active token reaches the loss (all masked, or no tokens)
+        grad = torch.zeros_like(z)
     shape = targets.shape
     per_token = {"logp": logp.detach(), "energy": energy.detach(), "entropy": entropy.detach(),
                  "ratio": ratio.detach().view(shape)}
