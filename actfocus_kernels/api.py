@@ -95,6 +95,7 @@ def policy_loss(
     inplace_grad: bool = False,
     backend: str = "auto",
     generator: Optional[torch.Generator] = None,
+    tp_group=None,
 ) -> PolicyLossOutput:
     """Clipped PPO/GRPO policy loss, or a variant (SPEC 4.1), with optional ActFocus weights, KL and
     entropy terms (SPEC 4).
@@ -113,7 +114,14 @@ def policy_loss(
     configurations ``variants.is_fused`` names run the single-pass fused kernel, the others two
     passes (differentiable statistics, the variant's scalars, the gradient pass) and take no
     ``inplace_grad``. ``generator`` draws clip-cov's random token choice (None: torch's default).
+    With ``tp_group`` the logits are this rank's vocabulary block, the targets global ids, and every
+    configuration runs the two passes on vocab-parallel statistics (``tensor_parallel``, SPEC 8).
     """
+    if tp_group is not None:
+        return tensor_parallel.sharded_policy_loss(logits, tensor_parallel.LossArguments(
+            targets=targets, old_logp=old_logp, advantages=advantages, loss_mask=loss_mask, weights=weights,
+            action_mask=action_mask, ref_logp=ref_logp, cu_seqlens=cu_seqlens, turn_ids=turn_ids, cfg=cfg,
+            actfocus=actfocus, generator=generator), inplace_grad=inplace_grad, backend=backend, group=tp_group)
     check_loss_configs(cfg, actfocus)
     check(isinstance(logits, Tensor), f"logits must be a torch.Tensor, got {type(logits).__name__}", TypeError)
     backend = resolve_backend(backend, logits.device)

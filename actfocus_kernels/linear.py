@@ -115,6 +115,7 @@ def linear_policy_loss(
     inplace_grad: bool = False,
     backend: str = "auto",
     generator: Optional[torch.Generator] = None,
+    tp_group=None,
 ) -> PolicyLossOutput:
     """``policy_loss`` (SPEC section 4) of the logits ``z = hidden @ weight.T + bias``, never materialised.
 
@@ -140,8 +141,16 @@ def linear_policy_loss(
 
     Variants that are not single-pass (``variants.is_fused``) take their statistics from
     ``linear_token_stats`` (differentiable: its backward recomputes each chunk's logits, a fourth
-    GEMM) and form the loss from them; ``generator`` as in ``policy_loss``.
+    GEMM) and form the loss from them; ``generator`` as in ``policy_loss``. With ``tp_group`` the
+    weight and bias are this rank's vocabulary rows (``tensor_parallel``, SPEC 8): every configuration
+    runs the two passes, and the gradient of ``hidden`` is summed over the group in backward.
     """
+    if tp_group is not None:
+        return tensor_parallel.sharded_linear_policy_loss(hidden, weight, tensor_parallel.LossArguments(
+            targets=targets, old_logp=old_logp, advantages=advantages, loss_mask=loss_mask, weights=weights,
+            action_mask=action_mask, ref_logp=ref_logp, cu_seqlens=cu_seqlens, turn_ids=turn_ids, cfg=cfg,
+            actfocus=actfocus, generator=generator), bias=bias, chunk_size=chunk_size, backend=backend,
+            group=tp_group)
     check_loss_configs(cfg, actfocus)
     vocab = _check_head(hidden, weight, bias)
     backend = resolve_backend(backend, hidden.device)

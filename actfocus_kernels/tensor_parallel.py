@@ -41,6 +41,11 @@ gradient of ``hidden``: ``ReplicatedInput`` all-reduces (sums) it over the group
 Megatron's ``copy_to_tensor_model_parallel_region`` does (so do not wrap ``hidden`` in another
 region that sums it again). The gradients of the weight and bias rows stay local.
 
+Policy losses (``sharded_policy_loss``, ``sharded_linear_policy_loss``) take the generic two-pass
+path of ``variants``: these differentiable statistics, the variant's per-token scalars in torch
+(every rank computes them for every token from the same statistics, so no variant, ActFocus
+weights included, needs a further collective), then autograd into the local backward.
+
 Checks (errors instead of hangs). Each rank checks its targets against ``[0, P V_l)`` or
 ``ignore_index`` before any collective. The gathered buffer carries a header row per rank (its
 ``V_l``, ``T`` and a checksum of the targets) that every rank compares after the collective, so
@@ -60,8 +65,11 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import api, linear
-from .config import TokenStats, check_ignore_index, check_temperature
-from .rows import check, check_targets
+from .config import (ActFocusConfig, PolicyLossConfig, PolicyLossOutput, TokenStats, check_ignore_index,
+                     check_temperature)
+from .policy_rows import CurrentStats, LossInputs, check_loss_configs, loss_inputs
+from .rows import Rows, check, check_targets, flatten_rows
+from .variants import two_pass_loss
 
 LOCAL_IGNORE = -1  # the local id of a target another rank owns (or that is ignored): no local id is negative
 STATE_FIELDS = 3  # fp32 per row and rank in the all-gather: lse_r, H_r, logp_r
@@ -223,3 +231,75 @@ def sharded_linear_token_stats(hidden: Tensor, weight: Tensor, targets: Tensor, 
     local = linear.linear_token_stats(hidden, weight, shard.local_targets(targets, ignore_index), temperature,
                                       bias=bias, chunk_size=chunk_size, backend=backend, ignore_index=LOCAL_IGNORE)
     return _merged(local, targets, shard, temperature, ignore_index)
+
+
+@dataclass(frozen=True)
+class LossArguments:
+    """The arguments of ``policy_loss`` / ``linear_policy_loss`` other than the logits or the LM
+    head and the execution options (their meaning is the unsharded functions')."""
+
+    targets: Tensor
+    old_logp: Optional[Tensor]
+    advantages: Tensor
+    loss_mask: Tensor
+    weights: Optional[Tensor]
+    action_mask: Optional[Tensor]
+    ref_logp: Optional[Tensor]
+    cu_seqlens: Optional[Tensor]
+    turn_ids: Optional[Tensor]
+    cfg: PolicyLossConfig
+    actfocus: Optional[ActFocusConfig]
+    generator: Optional[torch.Generator]
+
+
+def _token_rows(args: LossArguments) -> Rows:
+    """The token structure of the targets (``[B, L]``, or packed ``[N]`` with ``cu_seqlens``),
+    from a stand-in ``[.., 1]`` tensor: no vocabulary, no copy of the logits."""
+    check(isinstance(args.targets, Tensor), f"targets must be a torch.Tensor, got {type(args.targets).__name__}",
+          TypeError)
+    stand_in = torch.zeros(tuple(args.targets.shape) + (1,), dtype=torch.float32, device=args.targets.device)
+    return flatten_rows(stand_in, args.targets, args.cu_seqlens, "reference")
+
+
+def _loss_of(stats: TokenStats, rows: Rows, vocab: int, args: LossArguments) -> PolicyLossOutput:
+    """The loss of ``args.cfg`` from the merged differentiable statistics (``variants.two_pass_loss``)."""
+    def inputs_with(current_stats: CurrentStats) -> LossInputs:
+        return loss_inputs(rows, args.targets, vocab, args.old_logp, args.advantages, args.loss_mask, args.weights,
+                           args.action_mask, args.ref_logp, args.turn_ids, args.cfg, args.actfocus, current_stats)
+
+    flat = TokenStats(*(x.reshape(-1) for x in stats))
+    return two_pass_loss(flat, rows, inputs_with, args.cfg, args.generator,
+                         args.weights is not None or args.actfocus is not None)
+
+
+def sharded_policy_loss(logits: Tensor, args: LossArguments, *, inplace_grad: bool, backend: str,
+                        group: dist.ProcessGroup) -> PolicyLossOutput:
+    """``policy_loss`` of vocab-parallel ``logits [B, L, V_l]`` / ``[N, V_l]`` (this rank's block):
+    the same loss and per-token outputs on every rank, the gradient of this rank's block."""
+    check_loss_configs(args.cfg, args.actfocus)
+    check(not inplace_grad, "inplace_grad=True is not available with tp_group: the vocab-parallel loss runs two "
+          "passes (statistics, then the gradient)")
+    check(isinstance(logits, Tensor) and logits.dim() in (2, 3),
+          f"logits must be [B, L, V_l] or packed [N, V_l], got {getattr(logits, 'shape', type(logits).__name__)}")
+    rows = _token_rows(args)
+    cfg = args.cfg
+    stats = sharded_token_stats(logits, args.targets, cfg.temperature, backend, ignore_index=cfg.ignore_index,
+                                group=group)
+    return _loss_of(stats, rows, dist.get_world_size(group) * logits.shape[-1], args)
+
+
+def sharded_linear_policy_loss(hidden: Tensor, weight: Tensor, args: LossArguments, *, bias: Optional[Tensor],
+                               chunk_size: Optional[int], backend: str,
+                               group: dist.ProcessGroup) -> PolicyLossOutput:
+    """``linear_policy_loss`` with this rank's LM-head rows ``weight [V_l, H]`` (``bias [V_l]``) and
+    the replicated ``hidden [B, L, H]`` / ``[N, H]``: the same loss and per-token outputs on every
+    rank; the gradient of ``hidden`` is summed over the group, those of the head are this rank's rows."""
+    check_loss_configs(args.cfg, args.actfocus)
+    check(isinstance(hidden, Tensor) and hidden.dim() in (2, 3),
+          f"hidden must be [B, L, H] or packed [N, H], got {getattr(hidden, 'shape', type(hidden).__name__)}")
+    rows = _token_rows(args)
+    cfg = args.cfg
+    stats = sharded_linear_token_stats(hidden, weight, args.targets, cfg.temperature, bias=bias,
+                                       chunk_size=chunk_size, backend=backend, ignore_index=cfg.ignore_index,
+                                       group=group)
+    return _loss_of(stats, rows, dist.get_world_size(group) * weight.shape[0], args)

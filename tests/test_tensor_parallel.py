@@ -1,194 +1,25 @@
-"""Vocab-parallel statistics (SPEC section 8) on CPU gloo groups of 2 and 4 processes: every rank's
-per-token outputs equal the unsharded op's, and its gradients equal the unsharded gradients of its
-shard, within SPEC section 6, on every backend of the machine; one collective in forward, none in
-backward (the linear path: one all-reduce of the gradient of ``hidden``); mismatches raise on every
-rank instead of hanging. One spawn per group size runs every case (processes are the slow part)."""
+"""Vocab-parallel statistics and policy losses (SPEC section 8) on CPU gloo groups of 2 and 4
+processes: every rank's per-token outputs and loss equal the unsharded op's, and its gradients the
+unsharded gradients of its shard, within SPEC section 6, on every backend of the machine; one
+collective in forward, none in backward (the linear path: one all-reduce of the gradient of
+``hidden``); mismatches raise on every rank instead of hanging. One spawn per group size runs every
+case (``tp_checks``: processes are the slow part)."""
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
 import pytest
-import torch
-import torch.distributed as dist
 
-from actfocus_kernels import linear_token_stats, token_stats
-from actfocus_kernels.data_parallel import global_counts
 from conftest import BACKENDS
 from distributed import run_ranks
-from tolerances import GRAD_RTOL, OUTPUT_RTOL, assert_rel_close
+from tp_checks import every_check
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench_tensor_parallel  # noqa: E402
-from benchmarks.megatron_vocab_parallel import VocabParallelCrossEntropy  # noqa: E402
-
-TEMPERATURE = 0.8
-IGNORE = -100
-
-
-def block(tensor: torch.Tensor, rank: int, world_size: int, dim: int) -> torch.Tensor:
-    """Rank ``rank``'s contiguous block of ``tensor`` along ``dim``."""
-    return tensor.chunk(world_size, dim=dim)[rank].contiguous()
-
-
-@contextlib.contextmanager
-def counted_collectives():
-    """Counts calls of the collectives the library uses, by name."""
-    counts = {"all_gather_single": 0, "all_reduce": 0}
-    originals = {name: getattr(dist, name) for name in counts}
-
-    def counting(name):
-        def call(*args, **kwargs):
-            counts[name] += 1
-            return originals[name](*args, **kwargs)
-        return call
-
-    for name in counts:
-        setattr(dist, name, counting(name))
-    try:
-        yield counts
-    finally:
-        for name, original in originals.items():
-            setattr(dist, name, original)
-
-
-def incoming(shape, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=g) for _ in range(3)]
-
-
-def backward_of(stats, grads):
-    sum((value * grad).sum() for value, grad in zip(stats, grads)).backward()
-
-
-def stats_batch(world_size: int, vocab: int, seed: int, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    logits = (torch.randn(2, 5, vocab, generator=g) * 3).to(dtype)
-    logits[0, 1, :] += 40.0  # a large offset: the merge works on differences of log-normalisers
-    logits[1, 0, vocab // world_size:] -= 30.0  # the first shard holds nearly all the mass
-    targets = torch.randint(0, vocab, (2, 5), generator=g)
-    targets[1, 2] = IGNORE
-    targets[0, 0], targets[0, 3] = 0, vocab - 1  # the first and the last id
-    return logits, targets
-
-
-def check_logits_path(rank, world_size, backend, dtype):
-    logits, targets = stats_batch(world_size, 24, seed=1)
-    logits = logits.to(dtype)
-    grads = incoming(targets.shape, 2)
-    full = logits.clone().requires_grad_(True)
-    expected = token_stats(full, targets, TEMPERATURE, backend)
-    backward_of(expected, grads)
-    shard = block(logits, rank, world_size, -1).requires_grad_(True)
-    with counted_collectives() as forward_calls:
-        ours = token_stats(shard, targets, TEMPERATURE, backend, tp_group=dist.group.WORLD)
-    with counted_collectives() as backward_calls:
-        backward_of(ours, grads)
-    assert forward_calls == {"all_gather_single": 1, "all_reduce": 0}, forward_calls
-    assert backward_calls == {"all_gather_single": 0, "all_reduce": 0}, backward_calls
-    for name, value, reference in zip(("logp", "energy", "entropy"), ours, expected):
-        assert_rel_close(value, reference, OUTPUT_RTOL, f"{backend} {dtype} {name}")
-    assert shard.grad.dtype == dtype
-    assert_rel_close(shard.grad, block(full.grad, rank, world_size, -1), GRAD_RTOL[dtype], f"{backend} {dtype} grad")
-
-
-def check_linear_path(rank, world_size, backend, with_bias):
-    vocab, features = 32, 16
-    g = torch.Generator().manual_seed(5)
-    hidden = torch.randn(2, 4, features, generator=g)
-    weight = torch.randn(vocab, features, generator=g) / 2
-    bias = torch.randn(vocab, generator=g) if with_bias else None
-    targets = torch.randint(0, vocab, (2, 4), generator=g)
-    targets[1, 3] = IGNORE
-    grads = incoming(targets.shape, 6)
-    full = {"hidden": hidden, "weight": weight} | ({"bias": bias} if with_bias else {})
-    full = {k: v.clone().requires_grad_(True) for k, v in full.items()}
-    expected = linear_token_stats(full["hidden"], full["weight"], targets, TEMPERATURE, bias=full.get("bias"),
-                                  chunk_size=3, backend=backend)
-    backward_of(expected, grads)
-    ours = {"hidden": hidden.clone()} | {k: block(v.detach(), rank, world_size, 0) for k, v in full.items()
-                                         if k != "hidden"}
-    ours = {k: v.requires_grad_(True) for k, v in ours.items()}
-    with counted_collectives() as forward_calls:
-        stats = linear_token_stats(ours["hidden"], ours["weight"], targets, TEMPERATURE, bias=ours.get("bias"),
-                                   chunk_size=3, backend=backend, tp_group=dist.group.WORLD)
-    with counted_collectives() as backward_calls:
-        backward_of(stats, grads)
-    assert forward_calls == {"all_gather_single": 1, "all_reduce": 0}, forward_calls
-    assert backward_calls == {"all_gather_single": 0, "all_reduce": 1}, backward_calls  # grad of hidden
-    for name, value, reference in zip(("logp", "energy", "entropy"), stats, expected):
-        assert_rel_close(value, reference, OUTPUT_RTOL, f"linear {backend} {name}")
-    assert_rel_close(ours["hidden"].grad, full["hidden"].grad, GRAD_RTOL[torch.float32], f"linear {backend} hidden")
-    for name in ("weight", "bias") if with_bias else ("weight",):
-        assert_rel_close(ours[name].grad, block(full[name].grad, rank, world_size, 0), GRAD_RTOL[torch.float32],
-                         f"linear {backend} {name}")
-
-
-def raises_everywhere(match, call):
-    with pytest.raises(ValueError, match=match):
-        call()
-
-
-def check_errors(rank, world_size):
-    group = dist.group.WORLD
-    logits, targets = stats_batch(world_size, 24, seed=3)
-    shard = block(logits, rank, world_size, -1)
-    # checked before the collective, the same on every rank
-    raises_everywhere(r"outside \[0, 24\)", lambda: token_stats(shard, torch.full_like(targets, 24), tp_group=group))
-    # found in the gathered header, so every rank raises the same error: no rank waits for the others
-    uneven = logits[..., :24 // world_size + (rank == 0)]  # rank 0 holds one id more
-    raises_everywhere("local vocabulary sizes differ", lambda: token_stats(uneven, targets.clamp(max=0),
-                                                                           tp_group=group))
-    raises_everywhere("temperatures differ", lambda: token_stats(shard, targets, 1.0 + rank, tp_group=group))
-    other = targets.clone()
-    other[0, 0] = rank
-    raises_everywhere("target checksums differ", lambda: token_stats(shard, other, tp_group=group))
-    # the group still works afterwards
-    stats = token_stats(shard, targets, tp_group=group)
-    assert_rel_close(stats.energy, token_stats(logits, targets).energy, OUTPUT_RTOL, "energy after errors")
-
-
-def check_global_counts(rank, world_size):
-    mask = torch.zeros(2 + rank, world_size)
-    mask[0, : rank + 1] = 1.0
-    mask[-1, 0] = 0.5
-    counts = global_counts(mask, dist.group.WORLD)
-    tokens = sum(r + 1.5 for r in range(world_size))  # rank r: r + 1 ones and one half
-    assert counts.tokens == pytest.approx(tokens), counts
-    assert counts.sequences == sum(2 + r for r in range(world_size)), counts
-    assert counts.active_sequences == 2 * world_size, counts
-    with counted_collectives() as calls:
-        global_counts(mask, dist.group.WORLD)
-    assert calls["all_reduce"] == 1
-
-
-def check_megatron_scheme(rank, world_size):
-    """The benchmark's comparison computes the same log-probs and gradient as ours."""
-    logits, targets = stats_batch(world_size, 24, seed=4)
-    targets[1, 2] = 3  # Megatron's scheme has no ignore_index
-    logits, targets = logits.view(-1, 24), targets.view(-1)
-    ours = block(logits, rank, world_size, -1).requires_grad_(True)
-    theirs = ours.detach().clone().requires_grad_(True)
-    (-token_stats(ours, targets, tp_group=dist.group.WORLD).logp).sum().backward()
-    loss = VocabParallelCrossEntropy.apply(theirs, targets, rank * (24 // world_size), dist.group.WORLD)
-    loss.sum().backward()
-    assert_rel_close(-loss, token_stats(logits, targets).logp, OUTPUT_RTOL, "Megatron logp")
-    assert_rel_close(theirs.grad, ours.grad, GRAD_RTOL[torch.float32], "Megatron gradient")
-
-
-def every_check(rank, world_size, backends):
-    for backend in backends:
-        check_logits_path(rank, world_size, backend, torch.float32)
-        check_linear_path(rank, world_size, backend, with_bias=True)
-    check_logits_path(rank, world_size, backends[-1], torch.bfloat16)
-    check_linear_path(rank, world_size, backends[-1], with_bias=False)
-    check_errors(rank, world_size)
-    check_global_counts(rank, world_size)
-    check_megatron_scheme(rank, world_size)
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
