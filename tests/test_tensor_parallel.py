@@ -6,11 +6,13 @@ collective in forward, none in backward (the linear path: one all-reduce of the 
 case (``tp_checks``: processes are the slow part)."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from actfocus_kernels import native
 from conftest import BACKENDS
 from distributed import run_ranks
 from tp_checks import every_check
@@ -22,9 +24,16 @@ if str(ROOT) not in sys.path:
 from benchmarks import bench_tensor_parallel  # noqa: E402
 
 
+def cpu_backends() -> tuple[str, ...]:
+    """The backends that take the CPU tensors of a gloo group on this machine (on a GPU machine
+    BACKENDS are those of the GPU)."""
+    interpreted = "triton" in BACKENDS and os.environ.get("TRITON_INTERPRET") == "1"
+    return ("reference",) + (("triton",) if interpreted else ()) + (("cpu",) if native.has_backend("cpu") else ())
+
+
 @pytest.mark.parametrize("world_size", [2, 4])
-def test_vocab_parallel_statistics(world_size):
-    run_ranks(every_check, world_size, tuple(BACKENDS))
+def test_vocab_parallel_statistics_and_losses(world_size):
+    run_ranks(every_check, world_size, cpu_backends())
 
 
 def test_benchmark_smoke(capsys):
