@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from actfocus_kernels import native
+from actfocus_kernels import native, policy_loss, token_stats
+from actfocus_kernels.data_parallel import global_counts
 from conftest import BACKENDS
 from distributed import run_ranks
 from tp_checks import every_check
@@ -41,3 +43,20 @@ def test_benchmark_smoke(capsys):
     table = capsys.readouterr().out
     assert "| stats, vocab-parallel (ours) | 1 | 12.75 | 12.75 |" in table  # (1 + 16) rows of 12 bytes / 16
     assert "| collectives only: Megatron (3 all-reduces) | 3 | 12.00 | 12.00 |" in table
+
+
+def test_tp_group_without_a_process_group_is_an_error():
+    logits, targets = torch.randn(3, 8), torch.tensor([1, 2, 3])
+    with pytest.raises(ValueError, match="initialised torch.distributed"):
+        token_stats(logits, targets, tp_group=object())
+    with pytest.raises(ValueError, match="initialised torch.distributed"):
+        policy_loss(logits, targets, None, torch.ones(3), torch.ones(3), tp_group=object())
+
+
+def test_global_counts_of_one_process():
+    """Without a process group: this batch's counts (packed, ignored targets and empty sequences)."""
+    mask = torch.tensor([1.0, 1.0, 0.0, 0.5, 0.0])
+    counts = global_counts(mask, cu_seqlens=torch.tensor([0, 2, 4, 5]), targets=torch.tensor([1, -100, 2, 3, 4]))
+    assert (counts.tokens, counts.sequences, counts.active_sequences) == (1.5, 3, 2)
+    with pytest.raises(ValueError, match="initialised torch.distributed"):
+        global_counts(mask, group=object())

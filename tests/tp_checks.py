@@ -145,6 +145,10 @@ def check_errors(rank, world_size):
     other = targets.clone()
     other[0, 0] = rank
     raises_everywhere("target checksums differ", lambda: token_stats(shard, other, tp_group=group))
+    batch, cfg, actfocus = policy_batch("given-weights", 24)
+    with pytest.raises(ValueError, match="inplace_grad=True is not available with tp_group"):
+        policy_loss(block(batch["logits"], rank, world_size, -1), batch["targets"], batch["old_logp"],
+                    batch["advantages"], batch["loss_mask"], cfg=cfg, inplace_grad=True, tp_group=group)
     # the group still works afterwards
     stats = token_stats(shard, targets, tp_group=group)
     assert_rel_close(stats.energy, token_stats(logits, targets).energy, OUTPUT_RTOL, "energy after errors")
@@ -263,13 +267,36 @@ def check_linear_policy_loss(rank, world_size, backend, case):
                          f"{label} {name}")
 
 
+def check_packed_policy_loss(rank, world_size, backend):
+    """Packed ``[N, V_l]`` rows with ``cu_seqlens`` and one advantage per sequence, GSPO."""
+    batch, cfg, actfocus = policy_batch("gspo-actfocus", 24)
+    flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items() if k != "advantages"}
+    cu_seqlens = torch.tensor([0, 4, 11, 18])
+    advantages = torch.tensor([0.5, -1.0, 2.0])
+    args = (flat["targets"], flat["old_logp"], advantages, flat["loss_mask"])
+    kwargs = dict(action_mask=flat["action_mask"], cu_seqlens=cu_seqlens, cfg=cfg, actfocus=actfocus, backend=backend)
+    full = flat["logits"].clone().requires_grad_(True)
+    expected = policy_loss(full, *args, **kwargs)
+    expected.loss.backward()
+    shard = block(flat["logits"], rank, world_size, -1).requires_grad_(True)
+    ours = policy_loss(shard, *args, **kwargs, tp_group=dist.group.WORLD)
+    ours.loss.backward()
+    mask = (flat["loss_mask"] > 0) & (flat["targets"] != cfg.ignore_index)
+    compare_loss_outputs(ours, expected, mask, f"packed policy_loss {backend}")
+    assert_rel_close(shard.grad, block(full.grad, rank, world_size, -1), GRAD_RTOL[torch.float32],
+                     f"packed policy_loss {backend} grad")
+
+
 def every_check(rank, world_size, backends):
     for backend in backends:
         check_logits_path(rank, world_size, backend, torch.float32)
         check_linear_path(rank, world_size, backend, with_bias=True)
-        for case in POLICY_CASES:
+        # the losses reach the backend only through the statistics' kernels: one case each here,
+        # every case on the last backend
+        for case in POLICY_CASES if backend == backends[-1] else ("actfocus-current",):
             check_policy_loss(rank, world_size, backend, case)
             check_linear_policy_loss(rank, world_size, backend, case)
+    check_packed_policy_loss(rank, world_size, backends[-1])
     check_logits_path(rank, world_size, backends[-1], torch.bfloat16)
     check_linear_path(rank, world_size, backends[-1], with_bias=False)
     check_errors(rank, world_size)
