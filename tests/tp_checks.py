@@ -188,6 +188,8 @@ POLICY_CASES = {  # cfg, actfocus, given weights?, per-sequence advantages?
     "given-weights": (PolicyLossConfig(dual_clip=2.0, agg="seq-mean-token-mean"), None, True, False),
     "gspo-actfocus": (PolicyLossConfig(policy="gspo", clip_low=0.05, clip_high=0.08),
                       ActFocusConfig(source="current", uncertainty="entropy"), False, True),
+    # a random token choice: the same on every rank with a generator seeded alike (docs/tensor_parallel.md)
+    "clip-cov": (PolicyLossConfig(policy="clip_cov", clip_cov_ratio=0.2, clip_cov_lb=0.0), None, False, False),
 }
 OUTPUTS = ("logp", "energy", "entropy", "weights", "clip_frac", "approx_kl", "entropy_mean", "energy_mean_action",
            "energy_mean_reasoning")
@@ -204,7 +206,7 @@ def policy_batch(case: str, vocab: int):
 
 def loss_arguments(batch, cfg, actfocus):
     return dict(weights=batch.get("weights"), action_mask=batch["action_mask"], ref_logp=batch["ref_logp"], cfg=cfg,
-                actfocus=actfocus)
+                actfocus=actfocus, generator=torch.Generator().manual_seed(0))
 
 
 def same_on_every_rank(value: torch.Tensor, name: str) -> None:
