@@ -8,7 +8,8 @@
 # make wheels   — dist/: the CUDA wheel (.venv-cu's torch) and the CPU wheel (.venv's torch), checked
 # make demo     — the reference trainer's default comparison (GRPO vs GRPO+ActFocus on FrozenLake, CPU)
 # make ops-demo — a short CPU tour of the ops (statistics, weights, loss, naive-vs-fused timing)
-# make bench    — the CPU benchmark suite and its comparison table
+# make bench    — the CPU benchmark suite and its comparison table, then each policy variant against its
+#                 eager form (benchmarks/bench_variants.py)
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -87,6 +88,7 @@ ops-demo: install
 
 bench: install
 	$(PY) -m benchmarks.compare --device cpu
+	$(PY) -m benchmarks.bench_variants --device cpu
 
 # the torch-free check always; the CUDA sources compile for sm_80 and sm_90a wherever a CUDA toolkit
 # is (nothing runs without a GPU)

@@ -112,10 +112,12 @@ def policy_loss(
 
     ``cfg.policy`` and the other variant fields choose TRL's and verl's losses (``variants``); the
     configurations ``variants.is_fused`` names run the single-pass fused kernel, the others two
-    passes (differentiable statistics, the variant's scalars, the gradient pass) and take no
-    ``inplace_grad``. ``generator`` draws clip-cov's random token choice (None: torch's default).
-    With ``tp_group`` the logits are this rank's vocabulary block, the targets global ids, and every
-    configuration runs the two passes on vocab-parallel statistics (``tensor_parallel``, SPEC 8).
+    passes (differentiable statistics, the variant's scalars, the gradient pass); with
+    ``inplace_grad=True`` their gradient pass overwrites the logits in backward (until then the
+    buffer holds the logits). ``generator`` draws clip-cov's random token choice (None: torch's
+    default). With ``tp_group`` the logits are this rank's vocabulary block, the targets global ids,
+    and every configuration runs the two passes on vocab-parallel statistics (``tensor_parallel``,
+    SPEC 8).
     """
     if tp_group is not None:
         return tensor_parallel.sharded_policy_loss(logits, tensor_parallel.LossArguments(
@@ -126,8 +128,6 @@ def policy_loss(
     check(isinstance(logits, Tensor), f"logits must be a torch.Tensor, got {type(logits).__name__}", TypeError)
     backend = resolve_backend(backend, logits.device)
     fused = is_fused(cfg)
-    check(fused or not inplace_grad, f"inplace_grad=True needs the single-pass fused loss; policy={cfg.policy!r} "
-          "with these options runs two passes (README: variants)")
     rows = flatten_rows(logits, targets, cu_seqlens, backend, need_view=inplace_grad)
 
     def inputs_with(current_stats: CurrentStats) -> LossInputs:
@@ -138,13 +138,17 @@ def policy_loss(
         return TokenStats(*torch.ops.actfocus.token_stats(
             flat, targets_flat, float(cfg.temperature), int(cfg.ignore_index), backend))
 
+    compute_grad = torch.is_grad_enabled() and logits.requires_grad
     if not fused:
         check_targets(targets, logits.shape[-1], cfg.ignore_index)
-        return two_pass_loss(row_stats(rows.flat, flat_targets(targets)), rows, inputs_with, cfg, generator,
-                             weights is not None or actfocus is not None)
+        if inplace_grad and compute_grad:
+            stats = TokenStats(*ops.InplaceGradTokenStats.apply(
+                rows.flat, flat_targets(targets), float(cfg.temperature), int(cfg.ignore_index), backend))
+        else:
+            stats = row_stats(rows.flat, flat_targets(targets))
+        return two_pass_loss(stats, rows, inputs_with, cfg, generator, weights is not None or actfocus is not None)
     # ActFocus source="current": the weights from the current statistics, before the fused pass
     inputs = inputs_with(lambda targets_flat, _selected: row_stats(rows.flat.detach(), targets_flat))
-    compute_grad = torch.is_grad_enabled() and logits.requires_grad
     if inplace_grad and compute_grad:
         outputs = ops.InplaceGradPolicyLoss.apply(rows.flat, inputs.row, backend)
     else:

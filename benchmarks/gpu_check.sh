@@ -76,7 +76,7 @@ else
 fi
 say "tests $TESTS"
 
-BENCH_S=$(( $(remaining) - 15 ))
+BENCH_S=$(( $(remaining) - 75 ))  # 60 s of it for the variants table below
 BENCH=skipped
 if [ "$BENCH_S" -ge 60 ]; then
     say "benchmarks: python -m benchmarks.compare --device cuda --sizes gpu (budget $((BENCH_S - 45))s)"
@@ -89,6 +89,12 @@ if [ "$BENCH_S" -ge 60 ]; then
     [ -f "$RESULTS/results_cuda_gpu.md" ] && cat "$RESULTS/results_cuda_gpu.md"
 else
     say "no time left for the benchmarks"
+fi
+
+if [ "$(remaining)" -ge 40 ]; then
+    say "policy variants against their eager form (benchmarks/bench_variants.py)"
+    timeout $(( $(remaining) - 10 )) $PY -m benchmarks.bench_variants --device cuda --tokens 8192 --vocab 151936 \
+        2>&1 | tail -16
 fi
 
 say "summary: build $BUILD | tests $TESTS | benchmarks $BENCH | $(elapsed)s of ${DEADLINE_S}s"

@@ -113,6 +113,13 @@ def _row_gradient(device, backend):
     yield Sample((rows["logits"], rows["row"].targets, *coefficients, 0.9, IGNORE, backend))
 
 
+def _row_gradient_inplace(device, backend):
+    rows = row_inputs(6, 64, device, seed=14)
+    coefficients = [torch.randn(6, device=device) for _ in range(3)]
+    yield Sample((rows["logits"].clone(), rows["row"].targets, *coefficients, 0.9, IGNORE, backend),
+                 checks=MUTATING_CHECKS)
+
+
 def _native_row_gradient(device, backend):
     rows = row_inputs(6, 64, device, seed=12)
     coefficients = {name: torch.randn(6, device=device) for name in ("target_coef", "prob_coef", "entropy_coef")}
@@ -129,6 +136,7 @@ SAMPLES: dict[str, Callable] = {
     "actfocus::policy_loss_inplace": _policy_loss_inplace,
     "actfocus::actfocus_weights": _actfocus_weights,
     "actfocus::row_gradient": _row_gradient,
+    "actfocus::row_gradient_inplace": _row_gradient_inplace,
     "actfocus::linear_token_stats": _linear_token_stats,
     "actfocus::linear_policy_loss": _linear_policy_loss,
     "actfocus_native::token_stats": _native_token_stats,

@@ -67,14 +67,14 @@ def leaves(data: dict, names=("hidden", "weight", "bias")) -> dict:
     return {k: data[k].clone().requires_grad_(True) for k in names if data.get(k) is not None}
 
 
-def judge_linear(data, chunk_size, cfg, cu_seqlens=None, weights=None):
+def judge_linear(data, chunk_size, cfg, cu_seqlens=None, weights=None, generator=None):
     """float64 ``(loss, per-token dict, {name: gradient})`` of the judge on the GEMM's logits."""
     params = {k: v.detach().double().requires_grad_(True) for k, v in leaves(data).items()}
     exact = params["hidden"] @ params["weight"].t() + (params["bias"] if "bias" in params else 0)
     logits = exact + (materialised(data, chunk_size).double() - exact).detach()
     loss, grad_logits, per_token = judge_policy_loss(
         logits, data["targets"], data["old_logp"], data["advantages"], data["loss_mask"], weights=weights,
-        ref_logp=data["ref_logp"], cu_seqlens=cu_seqlens, cfg=cfg)
+        ref_logp=data["ref_logp"], cu_seqlens=cu_seqlens, cfg=cfg, generator=generator)
     grads = torch.autograd.grad(logits, list(params.values()), grad_logits)
     return loss, per_token, dict(zip(params, grads))
 

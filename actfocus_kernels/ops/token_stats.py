@@ -1,12 +1,13 @@
 """``actfocus::token_stats``: rows -> fp32 ``(logp, energy, entropy)`` ``[N]`` in one read (SPEC 2),
 differentiable: backward is one ``row_gradient`` pass with ``a = g_logp``, ``b = a + T g_energy``,
-``h = -g_entropy`` (exact; no second-order gradient)."""
+``h = -g_entropy`` (exact; no second-order gradient). ``InplaceGradTokenStats``: the same statistics
+whose backward writes the gradient over the logits buffer."""
 from __future__ import annotations
 
 import torch
 
 from .registry import define_op
-from .row_gradient import gradient_of_stats
+from .row_gradient import gradient_of_stats, stats_gradient_inputs
 from .routing import row_kernels
 
 SCHEMA = ("(Tensor logits, Tensor targets, float temperature, int ignore_index, str backend) "
@@ -41,3 +42,37 @@ def _backward(ctx, grad_logp, grad_energy, grad_entropy):
 
 
 TOKEN_STATS = define_op("token_stats", SCHEMA, _impl, _fake, _backward, _setup_context)
+
+
+
+class InplaceGradTokenStats(torch.autograd.Function):
+    """``token_stats`` whose backward overwrites the logits rows by their gradient
+    (``row_gradient_inplace``): the two-pass policy losses with ``inplace_grad=True``.
+
+    A plain ``autograd.Function`` because ``register_autograd`` takes no mutating op. Forward moves
+    the logits' version counter, so every autograd node that saved them earlier raises instead of
+    reading the gradient; until backward the buffer still holds the logits, after it the gradient.
+    Backward may run once.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, temperature: float, ignore_index: int, backend: str):
+        stats = torch.ops.actfocus.token_stats(logits, targets, temperature, ignore_index, backend)
+        torch.autograd.graph.increment_version(logits)
+        # kept on ctx, not saved for backward: its version moved on purpose, and backward overwrites it
+        ctx.logits, ctx.targets = logits, targets
+        ctx.temperature, ctx.ignore_index, ctx.backend = temperature, ignore_index, backend
+        ctx.used = False
+        return stats
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_energy, grad_entropy):
+        if ctx.used:
+            raise RuntimeError("policy_loss(inplace_grad=True) supports a single backward pass")
+        ctx.used = True
+        logits = ctx.logits
+        inputs = stats_gradient_inputs(ctx.targets, grad_logp, grad_energy, grad_entropy, ctx.temperature,
+                                       ctx.ignore_index, logits.shape[0], logits.device)
+        torch.ops.actfocus.row_gradient_inplace(logits, **inputs.as_kwargs(), backend=ctx.backend)
+        # one entry per forward input: logits, targets, temperature, ignore_index, backend
+        return logits, None, None, None, None
