@@ -64,11 +64,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import api, linear
+from . import api, linear, ops
+from .backends import resolve_backend
 from .config import (ActFocusConfig, PolicyLossConfig, PolicyLossOutput, TokenStats, check_ignore_index,
                      check_temperature)
 from .policy_rows import CurrentStats, LossInputs, check_loss_configs, loss_inputs
-from .rows import Rows, check, check_targets, flatten_rows
+from .rows import Rows, check, check_targets, flat_targets, flatten_rows
 from .variants import two_pass_loss
 
 LOCAL_IGNORE = -1  # the local id of a target another rank owns (or that is ignored): no local id is negative
@@ -272,19 +273,35 @@ def _loss_of(stats: TokenStats, rows: Rows, vocab: int, args: LossArguments) -> 
                          args.weights is not None or args.actfocus is not None)
 
 
+def _inplace_grad_stats(logits: Tensor, args: LossArguments, backend: str, group: dist.ProcessGroup) -> TokenStats:
+    """``sharded_token_stats`` whose local backward overwrites this rank's logits block by its
+    gradient (``ops.InplaceGradTokenStats``: the two-pass losses' ``inplace_grad=True``)."""
+    cfg = args.cfg
+    backend = resolve_backend(backend, logits.device)
+    shard = vocab_shard(group, logits.shape[-1])
+    check_targets(args.targets, shard.vocab, cfg.ignore_index)
+    local_targets = shard.local_targets(args.targets, cfg.ignore_index)
+    rows = flatten_rows(logits, local_targets, args.cu_seqlens, backend, need_view=True)
+    local = ops.InplaceGradTokenStats.apply(rows.flat, flat_targets(local_targets), float(cfg.temperature),
+                                            LOCAL_IGNORE, backend)
+    return _merged(TokenStats(*local), args.targets, shard, cfg.temperature, cfg.ignore_index)
+
+
 def sharded_policy_loss(logits: Tensor, args: LossArguments, *, inplace_grad: bool, backend: str,
                         group: dist.ProcessGroup) -> PolicyLossOutput:
     """``policy_loss`` of vocab-parallel ``logits [B, L, V_l]`` / ``[N, V_l]`` (this rank's block):
-    the same loss and per-token outputs on every rank, the gradient of this rank's block."""
+    the same loss and per-token outputs on every rank, the gradient of this rank's block (written
+    over the block in backward with ``inplace_grad=True``)."""
     check_loss_configs(args.cfg, args.actfocus)
-    check(not inplace_grad, "inplace_grad=True is not available with tp_group: the vocab-parallel loss runs two "
-          "passes (statistics, then the gradient)")
     check(isinstance(logits, Tensor) and logits.dim() in (2, 3),
           f"logits must be [B, L, V_l] or packed [N, V_l], got {getattr(logits, 'shape', type(logits).__name__)}")
     rows = _token_rows(args)
     cfg = args.cfg
-    stats = sharded_token_stats(logits, args.targets, cfg.temperature, backend, ignore_index=cfg.ignore_index,
-                                group=group)
+    if inplace_grad and torch.is_grad_enabled() and logits.requires_grad:
+        stats = _inplace_grad_stats(logits, args, backend, group)
+    else:
+        stats = sharded_token_stats(logits, args.targets, cfg.temperature, backend, ignore_index=cfg.ignore_index,
+                                    group=group)
     return _loss_of(stats, rows, dist.get_world_size(group) * logits.shape[-1], args)
 
 

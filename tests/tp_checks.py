@@ -145,10 +145,6 @@ def check_errors(rank, world_size):
     other = targets.clone()
     other[0, 0] = rank
     raises_everywhere("target checksums differ", lambda: token_stats(shard, other, tp_group=group))
-    batch, cfg, actfocus = policy_batch("given-weights", 24)
-    with pytest.raises(ValueError, match="inplace_grad=True is not available with tp_group"):
-        policy_loss(block(batch["logits"], rank, world_size, -1), batch["targets"], batch["old_logp"],
-                    batch["advantages"], batch["loss_mask"], cfg=cfg, inplace_grad=True, tp_group=group)
     # the group still works afterwards
     stats = token_stats(shard, targets, tp_group=group)
     assert_rel_close(stats.energy, token_stats(logits, targets).energy, OUTPUT_RTOL, "energy after errors")
@@ -243,6 +239,28 @@ def check_policy_loss(rank, world_size, backend, case):
     assert_rel_close(shard.grad, block(full.grad, rank, world_size, -1), GRAD_RTOL[torch.float32], f"{label} grad")
 
 
+def check_inplace_policy_loss(rank, world_size, backend):
+    """``inplace_grad=True``: the block's buffer holds the logits until backward, then its gradient."""
+    batch, cfg, actfocus = policy_batch("gspo-actfocus", 24)
+    args = (batch["targets"], batch["old_logp"], batch["advantages"], batch["loss_mask"])
+    expected_shard = block(batch["logits"], rank, world_size, -1).requires_grad_(True)
+    expected = policy_loss(expected_shard, *args, **loss_arguments(batch, cfg, actfocus), backend=backend,
+                           tp_group=dist.group.WORLD)
+    expected.loss.backward()
+    shard = block(batch["logits"], rank, world_size, -1).requires_grad_(True)
+    buffer = shard.detach()
+    saved_before = torch.sin(shard)
+    out = policy_loss(shard, *args, **loss_arguments(batch, cfg, actfocus), backend=backend, inplace_grad=True,
+                      tp_group=dist.group.WORLD)
+    assert torch.equal(buffer, block(batch["logits"], rank, world_size, -1))  # the logits until backward
+    out.loss.backward()
+    assert shard.grad.data_ptr() == buffer.data_ptr()  # no new gradient buffer
+    assert out.loss == expected.loss
+    assert_rel_close(shard.grad, expected_shard.grad, 1e-6, f"inplace {backend} grad")
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved_before.sum().backward()
+
+
 def check_linear_policy_loss(rank, world_size, backend, case):
     vocab, features = 24, 16
     batch, cfg, actfocus = policy_batch(case, vocab)
@@ -299,6 +317,7 @@ def every_check(rank, world_size, backends):
             check_policy_loss(rank, world_size, backend, case)
             check_linear_policy_loss(rank, world_size, backend, case)
     check_packed_policy_loss(rank, world_size, backends[-1])
+    check_inplace_policy_loss(rank, world_size, backends[-1])
     check_logits_path(rank, world_size, backends[-1], torch.bfloat16)
     check_linear_path(rank, world_size, backends[-1], with_bias=False)
     check_errors(rank, world_size)
