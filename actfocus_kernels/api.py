@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import ops
+from . import ops, tensor_parallel
 from .backends import resolve_backend
 from .config import (ActFocusConfig, PolicyLossConfig, PolicyLossOutput, TokenStats, check_ignore_index,
                      check_temperature)
@@ -19,7 +19,8 @@ from .variants import is_fused, two_pass_loss
 
 
 def token_stats(
-    logits: Tensor, targets: Tensor, temperature: float = 1.0, backend: str = "auto", *, ignore_index: int = -100
+    logits: Tensor, targets: Tensor, temperature: float = 1.0, backend: str = "auto", *, ignore_index: int = -100,
+    tp_group=None,
 ) -> TokenStats:
     """Per-token ``logp``, ``energy`` and ``entropy`` of ``logits [..., V]`` in one read.
 
@@ -27,8 +28,12 @@ def token_stats(
     ``energy = -T lse``, ``entropy = lse - sum_v p_v s_v`` (SPEC section 2). Outputs are fp32 and
     shaped like ``targets`` (``logits.shape[:-1]``). Differentiable when ``logits`` require grad:
     backward is one more pass over the logits, ``dz = (g_logp (onehot - p) - T g_energy p -
-    g_entropy p (s - mu)) / T`` (exact; no second-order gradient).
+    g_entropy p (s - mu)) / T`` (exact; no second-order gradient). With ``tp_group`` the logits are
+    this rank's vocabulary block and the targets global ids (``tensor_parallel``, SPEC section 8).
     """
+    if tp_group is not None:
+        return tensor_parallel.sharded_token_stats(logits, targets, temperature, backend, ignore_index=ignore_index,
+                                                   group=tp_group)
     check(isinstance(logits, Tensor), f"logits must be a torch.Tensor, got {type(logits).__name__}", TypeError)
     check(isinstance(targets, Tensor), f"targets must be a torch.Tensor, got {type(targets).__name__}", TypeError)
     check_temperature("token_stats", temperature)
@@ -90,6 +95,7 @@ def policy_loss(
     inplace_grad: bool = False,
     backend: str = "auto",
     generator: Optional[torch.Generator] = None,
+    tp_group=None,
 ) -> PolicyLossOutput:
     """Clipped PPO/GRPO policy loss, or a variant (SPEC 4.1), with optional ActFocus weights, KL and
     entropy terms (SPEC 4).
@@ -109,8 +115,15 @@ def policy_loss(
     passes (differentiable statistics, the variant's scalars, the gradient pass); with
     ``inplace_grad=True`` their gradient pass overwrites the logits in backward (until then the
     buffer holds the logits). ``generator`` draws clip-cov's random token choice (None: torch's
-    default).
+    default). With ``tp_group`` the logits are this rank's vocabulary block, the targets global ids,
+    and every configuration runs the two passes on vocab-parallel statistics (``tensor_parallel``,
+    SPEC 8).
     """
+    if tp_group is not None:
+        return tensor_parallel.sharded_policy_loss(logits, tensor_parallel.LossArguments(
+            targets=targets, old_logp=old_logp, advantages=advantages, loss_mask=loss_mask, weights=weights,
+            action_mask=action_mask, ref_logp=ref_logp, cu_seqlens=cu_seqlens, turn_ids=turn_ids, cfg=cfg,
+            actfocus=actfocus, generator=generator), inplace_grad=inplace_grad, backend=backend, group=tp_group)
     check_loss_configs(cfg, actfocus)
     check(isinstance(logits, Tensor), f"logits must be a torch.Tensor, got {type(logits).__name__}", TypeError)
     backend = resolve_backend(backend, logits.device)

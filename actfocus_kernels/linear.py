@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import tensor_parallel
 from .backends import resolve_backend
 from .config import (ActFocusConfig, PolicyLossConfig, PolicyLossOutput, TokenStats, check_ignore_index,
                      check_temperature)
@@ -61,6 +62,7 @@ def linear_token_stats(
     chunk_size: Optional[int] = None,
     backend: str = "auto",
     ignore_index: int = -100,
+    tp_group=None,
 ) -> TokenStats:
     """``token_stats`` of the logits ``z = hidden @ weight.T + bias``, never materialised.
 
@@ -70,8 +72,14 @@ def linear_token_stats(
     the targets. ``chunk_size`` tokens at a time (``None``: ``chunk_rows`` picks it from the shapes
     and the free memory); the logits of a chunk are computed in the hidden dtype. Differentiable in
     ``hidden``, ``weight`` and ``bias``: backward recomputes each chunk's logits, one ``row_gradient``
-    pass, then the two gradient GEMMs (no N x V intermediate; no second-order gradient).
+    pass, then the two gradient GEMMs (no N x V intermediate; no second-order gradient). With
+    ``tp_group`` the weight and bias are this rank's vocabulary rows, the targets global ids and the
+    gradient of ``hidden`` is summed over the group in backward (``tensor_parallel``, SPEC section 8).
     """
+    if tp_group is not None:
+        return tensor_parallel.sharded_linear_token_stats(
+            hidden, weight, targets, temperature, bias=bias, chunk_size=chunk_size, backend=backend,
+            ignore_index=ignore_index, group=tp_group)
     check(isinstance(targets, Tensor), f"targets must be a torch.Tensor, got {type(targets).__name__}", TypeError)
     check_temperature("linear_token_stats", temperature)
     check_ignore_index("linear_token_stats", ignore_index)
@@ -107,6 +115,7 @@ def linear_policy_loss(
     inplace_grad: bool = False,
     backend: str = "auto",
     generator: Optional[torch.Generator] = None,
+    tp_group=None,
 ) -> PolicyLossOutput:
     """``policy_loss`` (SPEC section 4) of the logits ``z = hidden @ weight.T + bias``, never materialised.
 
@@ -132,8 +141,16 @@ def linear_policy_loss(
 
     Variants that are not single-pass (``variants.is_fused``) take their statistics from
     ``linear_token_stats`` (differentiable: its backward recomputes each chunk's logits, a fourth
-    GEMM) and form the loss from them; ``generator`` as in ``policy_loss``.
+    GEMM) and form the loss from them; ``generator`` as in ``policy_loss``. With ``tp_group`` the
+    weight and bias are this rank's vocabulary rows (``tensor_parallel``, SPEC 8): every configuration
+    runs the two passes, and the gradient of ``hidden`` is summed over the group in backward.
     """
+    if tp_group is not None:
+        return tensor_parallel.sharded_linear_policy_loss(hidden, weight, tensor_parallel.LossArguments(
+            targets=targets, old_logp=old_logp, advantages=advantages, loss_mask=loss_mask, weights=weights,
+            action_mask=action_mask, ref_logp=ref_logp, cu_seqlens=cu_seqlens, turn_ids=turn_ids, cfg=cfg,
+            actfocus=actfocus, generator=generator), bias=bias, chunk_size=chunk_size, backend=backend,
+            group=tp_group)
     check_loss_configs(cfg, actfocus)
     vocab = _check_head(hidden, weight, bias)
     backend = resolve_backend(backend, hidden.device)
