@@ -307,6 +307,37 @@ def check_packed_policy_loss(rank, world_size, backend):
                      f"packed policy_loss {backend} grad")
 
 
+def check_verl_fused_forward(rank, world_size):
+    """verl's fused forward patched with a tp_group on a model holding its block of the LM head
+    equals the whole model's: per-token outputs, the backbone's gradients (the gradient of the
+    hidden states is all-reduced) and its own rows of the head's gradient."""
+    from actfocus_kernels.integrations import verl as af_verl
+    from toy_lm import toy_model
+
+    vocab = 4 * 5  # divisible by 2 and 4 ranks
+    input_ids = torch.randint(3, vocab, (2, 7), generator=torch.Generator().manual_seed(5))
+    coef = torch.randn(3, 2, 7, generator=torch.Generator().manual_seed(6))
+    results = []
+    for group in (None, dist.group.WORLD):
+        model = toy_model(seed=3, vocab_size=vocab)
+        if group is not None:
+            head = torch.nn.Linear(model.lm_head.in_features, vocab // world_size, bias=False)
+            head.weight = torch.nn.Parameter(block(model.lm_head.weight.detach(), rank, world_size, 0).clone())
+            model.lm_head = head
+        af_verl.patch_forward_with_actfocus(model, tp_group=group)
+        out = model(input_ids=input_ids, return_dict=True, temperature=0.8)
+        ((coef[0] * out.log_probs).sum() + (coef[1] * out.entropy).sum() + (coef[2] * out.energy).sum()).backward()
+        results.append((model, out))
+    (full, expected), (sharded, ours) = results
+    for name in ("log_probs", "entropy", "energy"):
+        assert_rel_close(getattr(ours, name), getattr(expected, name).detach(), OUTPUT_RTOL, f"verl forward {name}")
+    for (name, param), (_, expected_param) in zip(sharded.named_parameters(), full.named_parameters()):
+        expected_grad = expected_param.grad
+        if name == "lm_head.weight":
+            expected_grad = block(expected_grad, rank, world_size, 0)
+        assert_rel_close(param.grad, expected_grad, GRAD_RTOL[torch.float32], f"verl forward grad {name}")
+
+
 def every_check(rank, world_size, backends):
     for backend in backends:
         check_logits_path(rank, world_size, backend, torch.float32)
@@ -323,3 +354,4 @@ def every_check(rank, world_size, backends):
     check_errors(rank, world_size)
     check_global_counts(rank, world_size)
     check_megatron_scheme(rank, world_size)
+    check_verl_fused_forward(rank, world_size)

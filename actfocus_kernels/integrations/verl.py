@@ -187,7 +187,8 @@ def forward_with_actfocus_backend(self, input_ids=None, attention_mask=None, pos
     """verl's ``forward_with_torch_backend`` with ``linear_token_stats``: per position t the
     statistics of the logits ``z_t = h_t @ lm_head.weight.T (+ bias)`` at its next token (the rolled
     labels, or ``shift_labels``): ``log_probs``, ``entropy`` and ``energy``, differentiable in the
-    hidden states and the LM head, ``[B, L]`` like the input ids."""
+    hidden states and the LM head, ``[B, L]`` like the input ids. A model patched with a ``tp_group``
+    (``patch_forward_with_actfocus``) holds its rank's rows of a vocab-parallel LM head (SPEC 8)."""
     outputs = forward_base_model(self, input_ids=input_ids, attention_mask=attention_mask,
                                  position_ids=position_ids, past_key_values=past_key_values,
                                  inputs_embeds=inputs_embeds, use_cache=use_cache,
@@ -205,12 +206,15 @@ def forward_with_actfocus_backend(self, input_ids=None, attention_mask=None, pos
         raise RuntimeError("forward_with_actfocus_backend needs labels, shift_labels or input_ids")
     head = self.lm_head
     hidden = outputs[0].to(head.weight.dtype)
-    stats = linear_token_stats(hidden, head.weight, targets.to(torch.int64), float(temperature), bias=head.bias)
+    stats = linear_token_stats(hidden, head.weight, targets.to(torch.int64), float(temperature), bias=head.bias,
+                               tp_group=getattr(self, "_actfocus_tp_group", None))
     return CausalLMOutputForActFocus(log_probs=stats.logp, entropy=stats.entropy, energy=stats.energy,
                                      past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states,
                                      attentions=outputs.attentions)
 
 
-def patch_forward_with_actfocus(model) -> None:
-    """Make ``model``'s forward ``forward_with_actfocus_backend`` (this instance only)."""
+def patch_forward_with_actfocus(model, tp_group=None) -> None:
+    """Make ``model``'s forward ``forward_with_actfocus_backend`` (this instance only); with
+    ``tp_group`` its ``lm_head`` is this rank's contiguous block of the vocabulary rows."""
+    model._actfocus_tp_group = tp_group
     model.forward = types.MethodType(forward_with_actfocus_backend, model)
