@@ -76,6 +76,11 @@ else
 fi
 say "tests $TESTS"
 
+if [ "$(remaining)" -ge 120 ]; then  # issue 14: the vocab-parallel path on NCCL, one rank per GPU
+    say "vocab-parallel statistics and loss on an NCCL group (benchmarks/tp_nccl_check.py)"
+    timeout 90 $PY -m benchmarks.tp_nccl_check --dist-backend nccl 2>&1 | tail -8
+fi
+
 BENCH_S=$(( $(remaining) - 75 ))  # 60 s of it for the variants table below
 BENCH=skipped
 if [ "$BENCH_S" -ge 60 ]; then

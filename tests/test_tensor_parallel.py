@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import bench_tensor_parallel  # noqa: E402
+from benchmarks import bench_tensor_parallel, tp_nccl_check  # noqa: E402
 
 
 def cpu_backends() -> tuple[str, ...]:
@@ -43,6 +43,12 @@ def test_benchmark_smoke(capsys):
     table = capsys.readouterr().out
     assert "| stats, vocab-parallel (ours) | 1 | 12.75 | 12.75 |" in table  # (1 + 16) rows of 12 bytes / 16
     assert "| collectives only: Megatron (3 all-reduces) | 3 | 12.00 | 12.00 |" in table
+
+
+def test_process_group_check_of_the_gpu_script_on_gloo(capsys):
+    """The GPU script's NCCL check (benchmarks/tp_nccl_check.py) is the same code on a gloo group."""
+    assert tp_nccl_check.main(["--dist-backend", "gloo", "--ranks", "2", "--tokens", "16", "--vocab", "64"]) == 0
+    assert capsys.readouterr().out.count("stats+loss") == 2
 
 
 def test_tp_group_without_a_process_group_is_an_error():
