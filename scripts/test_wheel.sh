@@ -30,7 +30,7 @@ step "install it"
 step "the test suite against the installed wheel"
 suite=$(mktemp -d)
 trap 'rm -rf "$suite"' EXIT
-cp -r tests benchmarks pyproject.toml "$suite"/
+cp -r tests benchmarks pyproject.toml README.md "$suite"/  # README: its snippets are tested
 rm -rf "$suite/benchmarks/out"
 (cd "$suite" && ACTFOCUS_EXPECT_WHEEL=cuda bash "$ROOT/scripts/run_tests.sh" "$PY" tests)
 step "stage 2 done"
