@@ -174,9 +174,20 @@ def merge(states: ShardStates, targets: Tensor, shard: VocabShard, temperature: 
 
 def _merged(local: TokenStats, targets: Tensor, shard: VocabShard, temperature: float,
             ignore_index: int) -> TokenStats:
+    """The merge, differentiated on finite states only: a row with a non-finite state (NaN or inf
+    logits on some shard) keeps its non-finite outputs, detached, and gets a zero gradient (an
+    unused row's 0 incoming gradient would otherwise turn into 0 * NaN = NaN in the merge's backward;
+    an active one's loss is non-finite already)."""
     flat_targets = targets.reshape(-1)
     states = gather_states(TokenStats(*(x.reshape(-1) for x in local)), flat_targets, shard, temperature)
-    merged = merge(states, flat_targets, shard, temperature, ignore_index)
+    values = (states.lse, states.entropy, states.logp)
+    finite = torch.stack([torch.isfinite(x).all(dim=0) for x in values]).all(dim=0)
+    safe = ShardStates(*(torch.where(finite, x, 0.0) for x in values))
+    merged = merge(safe, flat_targets, shard, temperature, ignore_index)
+    if not bool(finite.all()):
+        with torch.no_grad():
+            raw = merge(states, flat_targets, shard, temperature, ignore_index)
+        merged = TokenStats(*(torch.where(finite, x, r) for x, r in zip(merged, raw)))
     return TokenStats(*(x.view(targets.shape) for x in merged))
 
 

@@ -338,6 +338,26 @@ def check_verl_fused_forward(rank, world_size):
         assert_rel_close(param.grad, expected_grad, GRAD_RTOL[torch.float32], f"verl forward grad {name}")
 
 
+def check_non_finite_rows(rank, world_size, backend):
+    """NaN / inf logits on one shard of a row: an inactive row gets exactly zero gradient, an active
+    one a non-finite loss (SPEC sections 2 and 6), as without the group."""
+    data = make_batch(3, 6, 24, seed=11)
+    data["logits"][0, 1, 3] = float("nan")  # on rank 0's block
+    data["logits"][1, 2, -1] = float("inf")  # on the last rank's block
+    data["loss_mask"][0, 1] = data["loss_mask"][1, 2] = 0
+    args = (data["targets"], data["old_logp"], data["advantages"], data["loss_mask"])
+    shard = block(data["logits"], rank, world_size, -1).requires_grad_(True)
+    out = policy_loss(shard, *args, backend=backend, tp_group=dist.group.WORLD)
+    out.loss.backward()
+    assert torch.isfinite(out.loss), "an inactive non-finite row leaked into the loss"
+    assert torch.all(shard.grad[0, 1] == 0) and torch.all(shard.grad[1, 2] == 0), "inactive rows need zero gradient"
+    assert torch.isfinite(shard.grad).all()
+    data["loss_mask"][0, 1] = 1
+    shard = block(data["logits"], rank, world_size, -1).requires_grad_(True)
+    out = policy_loss(shard, *args, backend=backend, tp_group=dist.group.WORLD)
+    assert not torch.isfinite(out.loss), "an active NaN row must propagate"
+
+
 def every_check(rank, world_size, backends):
     for backend in backends:
         check_logits_path(rank, world_size, backend, torch.float32)
@@ -355,3 +375,5 @@ def every_check(rank, world_size, backends):
     check_global_counts(rank, world_size)
     check_megatron_scheme(rank, world_size)
     check_verl_fused_forward(rank, world_size)
+    for backend in backends:
+        check_non_finite_rows(rank, world_size, backend)
