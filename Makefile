@@ -8,7 +8,7 @@
 # make wheels   — dist/: the CUDA wheel (.venv-cu's torch) and the CPU wheel (.venv's torch), checked
 # make demo     — the reference trainer's default comparison (GRPO vs GRPO+ActFocus on FrozenLake, CPU)
 # make study   — the Action Bottleneck study (every arm, 5 seeds, both envs and reasoning modes, the
-#                 ablation, C1) into docs/study/; 42.7 min on the shared 2-core dev machine (2 processes)
+#                 ablation, C1) into docs/study/; 12.6 min on the idle 2-core dev machine (2 processes)
 # make ops-demo — a short CPU tour of the ops (statistics, weights, loss, naive-vs-fused timing)
 # make bench    — the CPU benchmark suite and its comparison table, then each policy variant against its
 #                 eager form (benchmarks/bench_variants.py)
