@@ -1,11 +1,20 @@
-# make test     — what CI runs (.ci/run), both stages, each timed:
+# make test     — what CI runs (.ci/run), three stages, each timed; together they test both ends of the
+#                 claimed torch range (2.11 to 2.15, setup.py TESTED_TORCH) and the local 2.13:
 #                 stage 1 (make test-cpu): .venv with torch 2.13.0 (CPU build): build + install the
-#                   package in place, the torch-free check and the CUDA compile check, the test suite;
-#                 stage 2 (make test-wheel): .venv-cu with torch 2.14.1 (a CUDA build, runs on the
+#                   package in place, the torch-free check and the CUDA compile check, the test suite
+#                   (the documented install into a fresh venv among it: tests/test_install.py);
+#                 stage 2 (make test-wheel): .venv-cu with torch 2.15.0 (a CUDA build, runs on the
 #                   CPU): build the CUDA wheel for every release arch, check it (SASS, PTX, NEEDED
 #                   libraries, torch pin, size), install it, run the test suite against the installed
-#                   wheel (CUDA kernels registered, not run)
-# make wheels   — dist/: the CUDA wheel (.venv-cu's torch) and the CPU wheel (.venv's torch), checked
+#                   wheel (CUDA kernels registered, not run);
+#                 stage 3 (make test-device): .venv-211, Python 3.12 with torch 2.11.0 (the GPU
+#                   machines' image, a CUDA build): the device wheel (sm_80 + sm_90a) built with nvcc
+#                   and checked, then benchmarks/gpu_check.sh --dry-run with that wheel carried: every
+#                   step of the GPU check on the CPU, the test suite against the wheel among them
+# make wheels   — dist/: the native wheels, one per torch minor with its own venv — CUDA wheels for
+#                 torch 2.15 (.venv-cu) and 2.14 (.venv-cu214, vLLM's), the CPU wheel for 2.13 (.venv) —
+#                 and the device wheel (torch 2.11, cp312, .venv-211), each checked and its _C imported
+#                 by its own torch (scripts/check_wheel.py --import-with)
 # make demo     — the reference trainer's default comparison (GRPO vs GRPO+ActFocus on FrozenLake, CPU)
 # make study   — the Action Bottleneck study (every arm, 5 seeds, both envs and reasoning modes, the
 #                 ablation, C1) into docs/study/; 12.6 min on the idle 2-core dev machine (2 processes)
@@ -18,17 +27,27 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.deps-installed
 SOURCES := $(shell find csrc -type f 2>/dev/null) setup.py
-# stage 2: a second venv with the newest torch we support, a CUDA build (installs from local files)
+# stages 2 and 3 and make wheels: a venv per torch (scripts/make_venv.sh), its torch from
+# requirements-torch<minor>.txt, each taking the triton its torch pins
 CU_VENV ?= .venv-cu
-CU_TORCH ?= 2.14.1
 CU_PY := $(CU_VENV)/bin/python
-CU_STAMP := $(CU_VENV)/.deps-installed
+DEVICE_VENV ?= .venv-211
+DEVICE_PY := $(DEVICE_VENV)/bin/python
+CU214_VENV ?= .venv-cu214
+CU214_PY := $(CU214_VENV)/bin/python
+# the device wheel's Python: the GPU image's 3.12 (python3.12 on PATH, else pyenv's)
+PYTHON312 ?= $(shell bash scripts/find_python.sh 3.12)
 export MAX_JOBS ?= 2
 # verl's own dependencies pin an older transformers/tensordict: install it alone, its imports come from
 # requirements-dev.txt
 VERL_PIN := verl==0.9.1
+# OpenRLHF needs deepspeed and peft to import its package: installed alone, its loss and actor modules are
+# loaded from their files by the tests
+OPENRLHF_PIN := openrlhf==0.11.2
+NO_DEPS_PINS := liger-kernel==0.8.5 $(VERL_PIN) $(OPENRLHF_PIN)
 
-.PHONY: test test-cpu test-wheel wheels demo study ops-demo bench install deps cu-deps cuda-compile clean
+.PHONY: test test-cpu lint test-wheel test-device wheels demo study ops-demo bench install deps cu-deps \
+	device-deps cuda-compile clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,24 +56,23 @@ $(STAMP): $(PY) requirements-dev.txt
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements-dev.txt
-	$(PIP) install -q --no-deps liger-kernel==0.8.5 $(VERL_PIN)
+	$(PIP) install -q --no-deps $(NO_DEPS_PINS)
 	touch $@
 
 deps: $(STAMP)
 
-$(CU_PY):
-	$(PYTHON) -m venv $(CU_VENV)
+$(CU_VENV)/.deps-installed: requirements-torch2.15.txt requirements-dev.txt
+	bash scripts/make_venv.sh $(CU_VENV) $(PYTHON) requirements-torch2.15.txt $(NO_DEPS_PINS)
 
-# the same test tools as stage 1, but triton: torch 2.14 pins its own
-$(CU_STAMP): $(CU_PY) requirements-dev.txt
-	$(CU_PY) -m pip install -q --upgrade pip
-	$(CU_PY) -m pip install -q torch==$(CU_TORCH)
-	grep -v '^triton==' requirements-dev.txt > $(CU_VENV)/requirements-dev.txt
-	$(CU_PY) -m pip install -q -r $(CU_VENV)/requirements-dev.txt
-	$(CU_PY) -m pip install -q --no-deps liger-kernel==0.8.5 $(VERL_PIN)
-	touch $@
+$(DEVICE_VENV)/.deps-installed: requirements-torch2.11.txt requirements-dev.txt
+	bash scripts/make_venv.sh $(DEVICE_VENV) $(PYTHON312) requirements-torch2.11.txt $(NO_DEPS_PINS)
 
-cu-deps: $(CU_STAMP)
+$(CU214_VENV)/.deps-installed: requirements-torch2.14.txt requirements-dev.txt
+	bash scripts/make_venv.sh $(CU214_VENV) $(PYTHON) requirements-torch2.14.txt $(NO_DEPS_PINS)
+
+cu-deps: $(CU_VENV)/.deps-installed
+
+device-deps: $(DEVICE_VENV)/.deps-installed
 
 $(VENV)/.built: $(STAMP) $(SOURCES)
 	$(PIP) install -q --no-build-isolation --no-deps -e .
@@ -63,24 +81,35 @@ $(VENV)/.built: $(STAMP) $(SOURCES)
 install: $(VENV)/.built
 
 test:
-	@start=$$(date +%s); $(MAKE) --no-print-directory test-cpu; rc=$$?; \
-	echo "== stage 1 (torch 2.13.0 CPU build, $(VENV)): $$( [ $$rc = 0 ] && echo passed || echo FAILED) in $$(( $$(date +%s) - start )) s"; \
-	exit $$rc
-	@start=$$(date +%s); $(MAKE) --no-print-directory test-wheel; rc=$$?; \
-	echo "== stage 2 (torch $(CU_TORCH) CUDA build, $(CU_VENV), installed CUDA wheel): $$( [ $$rc = 0 ] && echo passed || echo FAILED) in $$(( $$(date +%s) - start )) s"; \
-	exit $$rc
+	@bash scripts/timed_stage.sh "stage 1 (torch 2.13.0 CPU build, $(VENV))" $(MAKE) --no-print-directory test-cpu
+	@bash scripts/timed_stage.sh "stage 2 (torch 2.15.0 CUDA build, $(CU_VENV), installed CUDA wheel)" \
+		$(MAKE) --no-print-directory test-wheel
+	@bash scripts/timed_stage.sh "stage 3 (torch 2.11.0 CUDA build, Python 3.12, $(DEVICE_VENV), installed device wheel, GPU check dry run)" \
+		$(MAKE) --no-print-directory test-device
 
-test-cpu: install cuda-compile
+test-cpu: install cuda-compile lint
 	bash scripts/run_tests.sh $(PY) tests
+
+# ruff (pinned in requirements-dev.txt, configured in pyproject.toml) over the whole tree
+lint: deps
+	$(PY) -m ruff check .
 
 test-wheel: cu-deps
 	PYTHON=$(CU_PY) bash scripts/test_wheel.sh
 
-wheels: deps cu-deps
+test-device: device-deps
+	PYTHON=$(DEVICE_PY) bash scripts/test_wheel.sh --device
+
+wheels: deps cu-deps device-deps $(CU214_VENV)/.deps-installed
 	rm -f dist/actfocus_kernels-*.whl
 	PYTHON=$(CU_PY) bash scripts/build_wheels.sh
+	PYTHON=$(CU214_PY) bash scripts/build_wheels.sh
 	ACTFOCUS_CUDA=0 PYTHON=$(PY) bash scripts/build_wheels.sh
-	$(CU_PY) scripts/check_wheel.py dist/actfocus_kernels-*.whl
+	PYTHON=$(DEVICE_PY) bash scripts/build_wheels.sh --device
+	$(CU_PY) scripts/check_wheel.py --import-with $(CU_PY) dist/actfocus_kernels-*torch215*.whl
+	$(CU214_PY) scripts/check_wheel.py --import-with $(CU214_PY) dist/actfocus_kernels-*torch214*.whl
+	$(PY) scripts/check_wheel.py --import-with $(PY) dist/actfocus_kernels-*torch213*.whl
+	$(DEVICE_PY) scripts/check_wheel.py --device --import-with $(DEVICE_PY) dist/actfocus_kernels-*torch211*.whl
 
 demo: install
 	$(PY) -m actfocus_trainer compare --env frozenlake

@@ -14,17 +14,20 @@ with ``torch.utils.cpp_extension`` and ninja (``MAX_JOBS`` bounds the parallel c
   package then runs its reference and Triton backends.
 
 Release flags: ``-O3``, no host debug info (``-g0`` after Python's own ``-g``), no device line info
-(``ACTFOCUS_LINEINFO=1`` adds ``-lineinfo`` for profilers, tripling the SASS). A native build's ``_C`` is bound to the C++ ABI of the torch it
-was compiled against, so its metadata pins that torch minor (``torch==2.14.*``), CPU and CUDA
-builds alike; a pure-Python install accepts the tested range ``TESTED_TORCH``. The version's local
-tag names what was built, e.g. ``0.1.0+cpu.torch213`` or ``0.1.0+cu130.torch214.sm80.sm90a.sm100.sm120``
-(``make wheels`` / ``scripts/build_wheels.sh``).
+(``ACTFOCUS_LINEINFO=1`` adds ``-lineinfo`` for profilers, tripling the SASS). A native build's
+``_C`` is bound to the C++ ABI of the torch it was compiled against, so its metadata pins that torch
+minor (``torch==2.15.*``), CPU and CUDA builds alike; a pure-Python install accepts the tested range
+``TESTED_TORCH``. The version's local tag names what was built (``cuXYZ``: the nvcc toolkit's
+release), e.g. ``0.1.0+cpu.torch213`` or ``0.1.0+cu130.torch215.sm80.sm90a.sm100.sm120`` (``make
+wheels`` / ``scripts/build_wheels.sh``).
 """
 from __future__ import annotations
 
 import glob
 import os
+import re
 import runpy
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -34,7 +37,11 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # sm_80 SASS serves every sm_8x GPU, sm_90a the H100/H200 (with the cluster kernel), sm_100 the
 # B200/GB200/B300, sm_120 the RTX 50 / RTX PRO Blackwell; compute_120 PTX JIT-compiles on newer GPUs.
 RELEASE_CUDA_ARCHS = "8.0;9.0a;10.0;12.0+PTX"
-TESTED_TORCH = ">=2.13,<2.15"  # CI: torch 2.13.0 (CPU build) and 2.14.1 (CUDA build)
+# CI: torch 2.13.0 (CPU build), 2.15.0 (CUDA build) and 2.11.0 (CUDA build, Python 3.12: the device wheel)
+TESTED_TORCH = ">=2.11,<2.16"
+# the device wheel (make wheels, CI stage 3): the GPU machines' torch 2.11.0+cu130 on Python 3.12, H100/H200
+# (sm_90a, with the cluster kernel) and sm_8x; no PTX
+DEVICE_CUDA_ARCHS = "8.0;9.0a"
 SM90_SOURCES = ("csrc/cuda/kernels/policy_loss_sm90.cu",)
 
 
@@ -57,6 +64,20 @@ def _find_cuda_home() -> None:
         os.environ["CUDA_HOME"] = root
 
 
+def _toolkit_tag() -> str:
+    """"cu130" for the CUDA toolkit that compiles the kernels (``nvcc --version``): the runtime ``_C``
+    links and ``build_info()["cuda_version"]`` reports, which may be older than torch's own (2.15.0 is
+    a CUDA 13.2 build; nvcc 13.0 builds for it, the same libcudart.so.13)."""
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    output = subprocess.run([os.path.join(CUDA_HOME, "bin", "nvcc"), "--version"], check=True,
+                            capture_output=True, text=True).stdout
+    match = re.search(r"release (\d+)\.(\d+)", output)
+    if match is None:
+        raise RuntimeError(f"cannot read the CUDA release from nvcc --version: {output!r}")
+    return f"cu{match[1]}{match[2]}"
+
+
 def _cuda_build(torch, torch_tag: str) -> tuple[list[str], list[tuple], list[str], list[str], str]:
     """(sources, define_macros, extra C++ flags, nvcc flags, local version tag) of the CUDA kernels.
     The arch lists are C++-only macros (build_info in torch_bindings.cpp): nvcc would split a
@@ -75,8 +96,7 @@ def _cuda_build(torch, torch_tag: str) -> tuple[list[str], list[tuple], list[str
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr"]
     if os.environ.get("ACTFOCUS_LINEINFO", "0") == "1":  # device line info, for profilers: ~3x the SASS
         nvcc_flags.append("-lineinfo")
-    cuda_tag = "cu" + torch.version.cuda.replace(".", "")
-    tag = ".".join([cuda_tag, torch_tag] + [f"sm{name}" for name in arch_names])
+    tag = ".".join([_toolkit_tag(), torch_tag] + [f"sm{name}" for name in arch_names])
     return _sources("csrc/cuda/*.cpp") + sources, macros, cxx_flags, nvcc_flags, tag
 
 
@@ -154,6 +174,7 @@ setup(
         # against (the library itself never imports them)
         "trl": ["trl==1.16.0"],
         "verl": ["verl==0.9.1"],
+        "openrlhf": ["openrlhf==0.11.2"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -1,6 +1,7 @@
 """Public functions on logits (SPEC section 5): ``token_stats``, ``actfocus_weights`` and
-``policy_loss``. Each validates and flattens its inputs to rows (``rows``, ``policy_rows``),
-chooses the backend (``backends``), calls an ``actfocus`` op and shapes the results."""
+``policy_loss``. Each is a facade: it checks its scalar arguments, builds the statistics source of
+the logits (``sources.LogitsSource``, vocab-sharded with ``tp_group``) and, for a loss, the request
+record (``request.LossRequest``), and hands them to the engine (``engine``)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,45 +9,59 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import ops, tensor_parallel
-from .backends import resolve_backend
-from .config import (ActFocusConfig, PolicyLossConfig, PolicyLossOutput, TokenStats, check_ignore_index,
-                     check_temperature)
-from .contract import LossOpOutputs
-from .policy_rows import CurrentStats, LossInputs, check_loss_configs, loss_inputs, loss_output, uncertainty_of, weights_on_rows
-from .rows import check, check_targets, flat_targets, flatten_rows, per_token
-from .variants import is_fused, two_pass_loss
+from . import engine
+from .config import ActFocusConfig, LogitTransform, PolicyLossConfig, PolicyLossOutput, TokenStats
+from .dtensor import local_logits
+from .layout import TokenLayout
+from .request import LossRequest
+from .rows import check
+from .sources import LogitsSource, check_stats_call, checked_targets
+from .tensor_parallel import agreed, sharded
+from .weights import token_weights, uncertainty_of
 
 
 def token_stats(
     logits: Tensor, targets: Tensor, temperature: float = 1.0, backend: str = "auto", *, ignore_index: int = -100,
-    tp_group=None,
+    logit_scale: float = 1.0, softcap: Optional[float] = None, extra_stats: bool = False, tp_group=None,
 ) -> TokenStats:
     """Per-token ``logp``, ``energy`` and ``entropy`` of ``logits [..., V]`` in one read.
 
-    With ``s = z / T``: ``lse = logsumexp(s)``, ``logp = s[y] - lse`` (0 where ``y == ignore_index``),
-    ``energy = -T lse``, ``entropy = lse - sum_v p_v s_v`` (SPEC section 2). Outputs are fp32 and
-    shaped like ``targets`` (``logits.shape[:-1]``). Differentiable when ``logits`` require grad:
-    backward is one more pass over the logits, ``dz = (g_logp (onehot - p) - T g_energy p -
-    g_entropy p (s - mu)) / T`` (exact; no second-order gradient). With ``tp_group`` the logits are
-    this rank's vocabulary block and the targets global ids (``tensor_parallel``, SPEC section 8).
+    With ``s = z / T`` (``softcap tanh(logit_scale z / softcap) / T``, or ``logit_scale z / T``, SPEC
+    section 10): ``lse = logsumexp(s)``, ``logp = s[y] - lse`` (0 where ``y == ignore_index``),
+    ``energy = -T lse``, ``entropy = lse - sum_v p_v s_v`` (SPEC section 2).
+
+    Args:
+        logits: ``[..., V]`` float32 / bfloat16 / float16 (float64 on the reference backend).
+        targets: integer ``logits.shape[:-1]``, in ``[0, V)`` or ``ignore_index``.
+        temperature: ``T``, finite and > 0.
+        backend: "auto", "reference", "triton", "cpu" or "cuda" (SPEC section 5).
+        ignore_index: the target id of masked tokens (their ``logp`` is 0).
+        logit_scale: the logits' multiplier (finite, > 0), applied in the kernels.
+        softcap: final-logit softcapping (None: off; else finite, > 0), applied in the kernels.
+        extra_stats: also ``log_sum_sq_probs``, ``mean_logits`` and ``is_top1`` from the same pass.
+        tp_group: the logits are this rank's vocabulary block of the group, the targets global ids
+            (``tensor_parallel``, SPEC section 8). DTensor logits name their own group instead
+            (``dtensor.local_logits``): vocab parallel when sharded on the last dimension.
+
+    Returns:
+        ``TokenStats``, fp32, shaped like ``targets``; differentiable when the logits require grad:
+        backward is one more pass over the logits (no second-order gradient); the extras are None
+        without ``extra_stats`` and never differentiable.
     """
-    if tp_group is not None:
-        return tensor_parallel.sharded_token_stats(logits, targets, temperature, backend, ignore_index=ignore_index,
-                                                   group=tp_group)
-    check(isinstance(logits, Tensor), f"logits must be a torch.Tensor, got {type(logits).__name__}", TypeError)
-    check(isinstance(targets, Tensor), f"targets must be a torch.Tensor, got {type(targets).__name__}", TypeError)
-    check_temperature("token_stats", temperature)
-    check_ignore_index("token_stats", ignore_index)
-    check(logits.dim() >= 1, "logits must have a vocabulary dimension")
-    batch_shape = tuple(logits.shape[:-1])
-    check(tuple(targets.shape) == batch_shape, f"targets must have shape {batch_shape}, got {tuple(targets.shape)}")
-    backend = resolve_backend(backend, logits.device)
-    rows = flatten_rows(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), None, backend)
-    check_targets(targets, logits.shape[-1], ignore_index)
-    stats = torch.ops.actfocus.token_stats(rows.flat, flat_targets(targets), float(temperature), int(ignore_index),
-                                           backend)
-    return TokenStats(*(x.view(batch_shape) for x in stats))
+    local = local_logits(logits, tp_group)
+
+    def build():
+        values = local.logits
+        check(isinstance(values, Tensor), f"logits must be a torch.Tensor, got {type(values).__name__}", TypeError)
+        check(values.dim() >= 1, "logits must have a vocabulary dimension")
+        check(values.shape[-1] > 0, f"logits: empty vocabulary dimension, shape {tuple(values.shape)}")
+        check_stats_call("token_stats", values, targets, temperature, ignore_index, extra_stats)
+        rows = LogitsSource.of(values.reshape(-1, values.shape[-1]), targets.reshape(-1), backend,
+                               LogitTransform.checked("token_stats", logit_scale, softcap))
+        return checked_targets(sharded(rows, local.tp_group), targets, ignore_index)
+
+    return engine.token_stats(agreed(local.tp_group, targets, build, extra_stats), targets, temperature, ignore_index,
+                              extra_stats)
 
 
 def actfocus_weights(
@@ -59,23 +74,28 @@ def actfocus_weights(
 ) -> Tensor:
     """ActFocus weights (SPEC section 3) from per-token statistics and masks, detached fp32.
 
-    Masks are ``[B, L]`` (a scope per row, or per turn with ``turn_ids``) or packed ``[N]`` with
-    ``cu_seqlens [S + 1]``; the uncertainty is ``stats.energy``, ``stats.entropy`` or ``-stats.logp``
-    as ``cfg.uncertainty`` says. Returns weights shaped like the masks.
+    Args:
+        stats: a ``TokenStats`` (e.g. ``token_stats`` of the rollout policy's logits); the uncertainty
+            ``cfg.uncertainty`` names is ``stats.energy``, ``stats.entropy`` or ``-stats.logp``.
+        loss_mask: ``[B, L]`` (a scope per row, or per turn with ``turn_ids``) or packed ``[N]``.
+        action_mask: shaped like ``loss_mask``; nonzero on action tokens.
+        cfg: the ``ActFocusConfig``.
+        turn_ids: per-token turn ids (``cfg.scope="turn"``).
+        cu_seqlens: ``[S + 1]`` sequence boundaries of packed ``[N]`` inputs.
+
+    Returns:
+        The weights, fp32, shaped like the masks (0 off the mask).
     """
     check(isinstance(stats, tuple) and len(stats) == 3, "stats must be a TokenStats(logp, energy, entropy)", TypeError)
     check(isinstance(cfg, ActFocusConfig), f"cfg must be an ActFocusConfig, got {type(cfg).__name__}", TypeError)
     uncertainty = uncertainty_of(TokenStats(*stats), cfg.uncertainty)
     check(isinstance(uncertainty, Tensor) and uncertainty.dim() in (1, 2),
           "stats tensors must be [B, L] or packed [N]", TypeError)
-    shape = tuple(uncertainty.shape)
-    # A stand-in [.., 1] logits tensor gives the token structure without any vocabulary.
-    rows = flatten_rows(uncertainty.new_zeros(shape + (1,), dtype=torch.float32),
-                        uncertainty.new_zeros(shape, dtype=torch.int64), cu_seqlens, "reference")
-    mask = per_token("loss_mask", loss_mask, rows) > 0
-    action = per_token("action_mask", action_mask, rows) > 0
-    turns = per_token("turn_ids", turn_ids, rows)
-    return weights_on_rows(uncertainty, mask, action, rows, turns, cfg).view(shape)
+    layout = TokenLayout.of(tuple(uncertainty.shape), uncertainty.device, cu_seqlens)
+    mask = layout.per_token("loss_mask", loss_mask) > 0
+    action = layout.per_token("action_mask", action_mask) > 0
+    weights = token_weights(uncertainty, mask, action, layout, layout.per_token("turn_ids", turn_ids), cfg)
+    return weights.view(layout.token_shape)
 
 
 def policy_loss(
@@ -88,6 +108,7 @@ def policy_loss(
     weights: Optional[Tensor] = None,
     action_mask: Optional[Tensor] = None,
     ref_logp: Optional[Tensor] = None,
+    rollout_logp: Optional[Tensor] = None,
     cu_seqlens: Optional[Tensor] = None,
     turn_ids: Optional[Tensor] = None,
     cfg: PolicyLossConfig = PolicyLossConfig(),
@@ -95,63 +116,53 @@ def policy_loss(
     inplace_grad: bool = False,
     backend: str = "auto",
     generator: Optional[torch.Generator] = None,
+    logit_scale: float = 1.0,
+    softcap: Optional[float] = None,
     tp_group=None,
 ) -> PolicyLossOutput:
     """Clipped PPO/GRPO policy loss, or a variant (SPEC 4.1), with optional ActFocus weights, KL and
     entropy terms (SPEC 4).
 
-    ``logits [B, L, V]`` (per-token inputs ``[B, L]``, advantages ``[B, L]`` or ``[B]``) or packed
-    ``[N, V]`` with ``cu_seqlens [S + 1]`` (per-token ``[N]``, advantages ``[N]`` or ``[S]``).
     Token loss ``l = w L_pg + kl_coef KL - entropy_coef H`` with ``r = exp(clamp(logp - old_logp,
     -20, 20))``, ``L_pg = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))`` (dual clip where
     ``A < 0``), aggregated over ``loss_mask`` (targets equal to ``ignore_index`` are masked) by
-    ``cfg.agg``. Weights ``w``: ``weights`` if given, else from ``actfocus`` (``source="current"``:
-    the current logits' statistics; ``source="old"``: needs ``weights`` precomputed by
-    ``actfocus_weights(token_stats(old_logits, ...), ...)``, except ``uncertainty="nll"`` which
-    uses ``-old_logp``), else 1. With ``inplace_grad=True`` the gradient overwrites the logits.
+    ``cfg.agg``. The configurations ``variants.is_fused`` names run the single-pass fused kernel, the
+    others two passes (``engine``).
 
-    ``cfg.policy`` and the other variant fields choose TRL's and verl's losses (``variants``); the
-    configurations ``variants.is_fused`` names run the single-pass fused kernel, the others two
-    passes (differentiable statistics, the variant's scalars, the gradient pass); with
-    ``inplace_grad=True`` their gradient pass overwrites the logits in backward (until then the
-    buffer holds the logits). ``generator`` draws clip-cov's random token choice (None: torch's
-    default). With ``tp_group`` the logits are this rank's vocabulary block, the targets global ids,
-    and every configuration runs the two passes on vocab-parallel statistics (``tensor_parallel``,
-    SPEC 8).
+    Args:
+        logits: ``[B, L, V]``, or packed ``[N, V]`` with ``cu_seqlens [S + 1]``.
+        targets: integer ``[B, L]`` / ``[N]``, in ``[0, V)`` or ``cfg.ignore_index``.
+        old_logp: the rollout policy's log-probs, per token; None: on-policy (``r = 1``).
+        advantages: per token, or one per sequence (``[B]`` / ``[S]``).
+        loss_mask: per token, a multiplier (active where > 0).
+        weights: per-token weights of the policy term (e.g. ``actfocus_weights``).
+        action_mask: per token, nonzero on action tokens (ActFocus, the energy metrics).
+        ref_logp: the reference policy's log-probs (needed when ``cfg.kl_coef > 0``).
+        rollout_logp: the rollout engine's log-probs, per token (needed with ``cfg.rollout_is_level``: the
+            train/rollout mismatch correction weights the policy term, ``variants.rollout_correction``).
+        cu_seqlens, turn_ids: the packed layout; the turns of ActFocus' turn scope.
+        cfg: the ``PolicyLossConfig``; ``actfocus``: an ``ActFocusConfig`` whose weights the call
+            computes (``source="current"``: from these logits; ``"old"``: from ``weights`` or, with
+            ``uncertainty="nll"``, from ``-old_logp``).
+        inplace_grad: the gradient overwrites the logits buffer (its version counter moves).
+        backend: as in ``token_stats``; ``generator``: clip-cov's random token choice.
+        logit_scale, softcap: the logits' transform, as in ``token_stats`` (every variant, every path).
+        tp_group: the logits are this rank's vocabulary block, the targets global ids (SPEC 8); DTensor
+            logits: as in ``token_stats``.
+
+    Returns:
+        ``PolicyLossOutput``: the differentiable scalar ``loss``, detached per-token outputs shaped
+        like ``targets`` and the masked metrics.
     """
-    if tp_group is not None:
-        return tensor_parallel.sharded_policy_loss(logits, tensor_parallel.LossArguments(
-            targets=targets, old_logp=old_logp, advantages=advantages, loss_mask=loss_mask, weights=weights,
-            action_mask=action_mask, ref_logp=ref_logp, cu_seqlens=cu_seqlens, turn_ids=turn_ids, cfg=cfg,
-            actfocus=actfocus, generator=generator), inplace_grad=inplace_grad, backend=backend, group=tp_group)
-    check_loss_configs(cfg, actfocus)
-    check(isinstance(logits, Tensor), f"logits must be a torch.Tensor, got {type(logits).__name__}", TypeError)
-    backend = resolve_backend(backend, logits.device)
-    fused = is_fused(cfg)
-    rows = flatten_rows(logits, targets, cu_seqlens, backend, need_view=inplace_grad)
+    local = local_logits(logits, tp_group)
 
-    def inputs_with(current_stats: CurrentStats) -> LossInputs:
-        return loss_inputs(rows, targets, logits.shape[-1], old_logp, advantages, loss_mask, weights, action_mask,
-                           ref_logp, turn_ids, cfg, actfocus, current_stats)
+    def build():
+        transform = LogitTransform.checked("policy_loss", logit_scale, softcap)
+        source = sharded(LogitsSource.of(local.logits, targets, backend, transform, inplace_grad), local.tp_group)
+        return source, LossRequest.build(
+            targets, old_logp, advantages, loss_mask, weights=weights, action_mask=action_mask, ref_logp=ref_logp,
+            rollout_logp=rollout_logp, cu_seqlens=cu_seqlens, turn_ids=turn_ids, cfg=cfg, actfocus=actfocus,
+            generator=generator,
+            vocab=source.vocab)
 
-    def row_stats(flat: Tensor, targets_flat: Tensor) -> TokenStats:
-        return TokenStats(*torch.ops.actfocus.token_stats(
-            flat, targets_flat, float(cfg.temperature), int(cfg.ignore_index), backend))
-
-    compute_grad = torch.is_grad_enabled() and logits.requires_grad
-    if not fused:
-        check_targets(targets, logits.shape[-1], cfg.ignore_index)
-        if inplace_grad and compute_grad:
-            stats = TokenStats(*ops.InplaceGradTokenStats.apply(
-                rows.flat, flat_targets(targets), float(cfg.temperature), int(cfg.ignore_index), backend))
-        else:
-            stats = row_stats(rows.flat, flat_targets(targets))
-        return two_pass_loss(stats, rows, inputs_with, cfg, generator, weights is not None or actfocus is not None)
-    # ActFocus source="current": the weights from the current statistics, before the fused pass
-    inputs = inputs_with(lambda targets_flat, _selected: row_stats(rows.flat.detach(), targets_flat))
-    if inplace_grad and compute_grad:
-        outputs = ops.InplaceGradPolicyLoss.apply(rows.flat, inputs.row, backend)
-    else:
-        *outputs, _dlogits = torch.ops.actfocus.policy_loss(
-            rows.flat, **inputs.row.as_kwargs(), compute_grad=compute_grad, backend=backend)
-    return loss_output(LossOpOutputs(*outputs), rows, inputs)
+    return engine.policy_loss(*agreed(local.tp_group, targets, build))

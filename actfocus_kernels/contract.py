@@ -54,6 +54,8 @@ class _OpRecord:
 class RowLossInputs(_OpRecord):
     """Per-row inputs of the fused policy loss: ``[N]`` tensors (``targets`` int64, the rest
     float32; ``old_logp=None`` is on-policy, ``ref_logp=None`` no KL) and the scalar parameters.
+    ``logit_scale > 0`` (1 = off) and ``softcap >= 0`` (0 = off) transform the logits (SPEC 10:
+    ``s = softcap tanh(logit_scale z / softcap) / T``, or ``logit_scale z / T`` without cap).
     ``dual_clip <= 1`` is off; ``kl_type`` is 1 (k1), 2 (k2) or 3 (k3), see ``KL_TYPE_IDS``."""
 
     targets: Tensor
@@ -63,6 +65,8 @@ class RowLossInputs(_OpRecord):
     weights: Tensor
     scale: Tensor
     temperature: float
+    logit_scale: float
+    softcap: float
     clip_low: float
     clip_high: float
     dual_clip: float
@@ -74,21 +78,30 @@ class RowLossInputs(_OpRecord):
 
 @dataclass(frozen=True)
 class RowGradientInputs(_OpRecord):
-    """Per-row coefficients of the gradient pass (``row_gradient``): with the row's own softmax
-    ``p = softmax(z / T)`` and ``mu = sum_v p_v s_v``,
+    """Per-row coefficients of the gradient pass (``row_gradient``): with the transformed logits
+    ``s`` (SPEC 10), the row's own softmax ``p = softmax(s)`` and ``mu = sum_v p_v s_v``,
 
-        dz_v = (target_coef 1{v = y} - prob_coef p_v + entropy_coef p_v (s_v - mu)) / T,
+        dz_v = ds_v/dz_v (target_coef 1{v = y} - prob_coef p_v + centred_coef p_v (s_v - mu)),
+        ds_v/dz_v = logit_scale (1 - tanh^2(logit_scale z_v / softcap)) / T   (logit_scale / T without cap),
 
     exactly 0 on rows whose three coefficients are 0, no one-hot term where ``y == ignore_index``.
     In these terms ``dz = a dlogp/dz + (a - b) dlse/dz - h dH/dz`` with ``(a, b, h)`` the three
-    coefficients (``a`` taken as 0 where the target is ignored); the fused policy loss is ``a = b = scale c``, ``h = scale entropy_coef``."""
+    coefficients (``a`` taken as 0 where the target is ignored); the fused policy loss is
+    ``a = b = scale c``, ``h = scale entropy_coef``."""
 
     targets: Tensor
     target_coef: Tensor
     prob_coef: Tensor
-    entropy_coef: Tensor
+    centred_coef: Tensor
     temperature: float
+    logit_scale: float
+    softcap: float
     ignore_index: int
+
+
+def outputs_schema(outputs: type) -> str:
+    """A NamedTuple of tensors as ``torch.library`` schema returns: ``"Tensor <field>, ..."``."""
+    return ", ".join(f"Tensor {name}" for name in outputs._fields)
 
 
 class RowLossOutputs(NamedTuple):
@@ -114,8 +127,35 @@ class LossOpOutputs(NamedTuple):
     ratio: Tensor
     clipped: Tensor
 
-    @classmethod
-    def schema(cls) -> str:
-        """The outputs as ``torch.library`` schema returns: ``"Tensor loss, Tensor logp, ..."``."""
-        return ", ".join(f"Tensor {name}" for name in cls._fields)
+    schema = classmethod(outputs_schema)  # "Tensor loss, Tensor logp, ..."
 
+
+
+@dataclass(frozen=True)
+class TokenStatsInputs(_OpRecord):
+    """Per-row inputs of ``token_stats``: ``targets [N]`` int64 and the transform of SPEC 10
+    (``logit_scale > 0``, 1 = off; ``softcap >= 0``, 0 = off); ``extra_stats`` asks for the three
+    statistics of ``TokenStatsOutputs`` beyond section 2's (empty ``[0]`` tensors otherwise)."""
+
+    targets: Tensor
+    temperature: float
+    ignore_index: int
+    logit_scale: float
+    softcap: float
+    extra_stats: bool
+
+
+class TokenStatsOutputs(NamedTuple):
+    """Per-row outputs of ``token_stats``, ``[N]``: fp32 ``logp`` (0 where the target is ignored),
+    ``energy = -T lse``, ``entropy``, and with ``extra_stats`` fp32 ``log_sum_sq_probs = log sum_v p_v^2``,
+    fp32 ``mean_logits = mean_v s_v`` and bool ``is_top1`` (the target is the first index of
+    ``max_v s_v``; false where ignored); without ``extra_stats`` those three are empty ``[0]`` tensors."""
+
+    logp: Tensor
+    energy: Tensor
+    entropy: Tensor
+    log_sum_sq_probs: Tensor
+    mean_logits: Tensor
+    is_top1: Tensor
+
+    schema = classmethod(outputs_schema)  # "Tensor logp, Tensor energy, ..."

@@ -16,8 +16,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .policy_rows import mask_multiplier
-from .rows import check, flatten_rows
+from .aggregation import mask_multiplier
+from .layout import TokenLayout
+from .rows import check
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,12 @@ def global_counts(loss_mask: Tensor, group: Optional[dist.ProcessGroup] = None, 
     check(loss_mask.dim() in (1, 2), f"loss_mask must be [B, L] or packed [N], got shape {tuple(loss_mask.shape)}")
     if targets is None:
         targets = torch.zeros(loss_mask.shape, dtype=torch.int64, device=loss_mask.device)
-    # a stand-in [.., 1] tensor gives the token structure without any vocabulary
-    rows = flatten_rows(loss_mask.new_zeros(tuple(loss_mask.shape) + (1,), dtype=torch.float32), targets,
-                        cu_seqlens, "reference", name="logits")
-    m = mask_multiplier(loss_mask, targets.reshape(-1).to(torch.int64), rows, ignore_index)
-    per_seq = torch.zeros(rows.num_seqs, dtype=torch.float64, device=m.device).index_add_(0, rows.seq_ids, m.double())
-    counts = torch.stack((per_seq.sum(), torch.tensor(float(rows.num_seqs), dtype=torch.float64, device=m.device),
+    layout = TokenLayout.of(tuple(loss_mask.shape), loss_mask.device, cu_seqlens)
+    check(isinstance(targets, Tensor) and tuple(targets.shape) == layout.token_shape,
+          f"targets must be a tensor shaped like loss_mask {layout.token_shape}")
+    m = mask_multiplier(loss_mask, targets.reshape(-1).to(torch.int64), layout, ignore_index)
+    per_seq = layout.per_seq(m.double())
+    counts = torch.stack((per_seq.sum(), torch.tensor(float(layout.num_seqs), dtype=torch.float64, device=m.device),
                           (per_seq > 0).sum().to(torch.float64)))
     if distributed:
         dist.all_reduce(counts, group=group)

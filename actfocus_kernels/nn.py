@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
 from .api import policy_loss
@@ -27,7 +26,8 @@ class ActFocusPolicyLoss(nn.Module):
         self.cfg, self.actfocus, self.inplace_grad, self.backend = cfg, actfocus, inplace_grad, backend
 
     def forward(
-        self, logits: Tensor, targets: Tensor, old_logp: Optional[Tensor], advantages: Tensor, loss_mask: Tensor, **kwargs
+        self, logits: Tensor, targets: Tensor, old_logp: Optional[Tensor], advantages: Tensor, loss_mask: Tensor,
+        **kwargs
     ) -> PolicyLossOutput:
         kwargs = {"cfg": self.cfg, "actfocus": self.actfocus, "inplace_grad": self.inplace_grad,
                   "backend": self.backend, **kwargs}

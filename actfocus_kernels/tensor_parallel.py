@@ -41,16 +41,18 @@ gradient of ``hidden``: ``ReplicatedInput`` all-reduces (sums) it over the group
 Megatron's ``copy_to_tensor_model_parallel_region`` does (so do not wrap ``hidden`` in another
 region that sums it again). The gradients of the weight and bias rows stay local.
 
-Policy losses (``sharded_policy_loss``, ``sharded_linear_policy_loss``) take the generic two-pass
-path of ``variants``: these differentiable statistics, the variant's per-token scalars in torch
+Policy losses on a ``ShardedSource`` take the engine's two-pass path: these differentiable
+statistics, the variant's per-token scalars in torch
 (every rank computes them for every token from the same statistics, so no variant, ActFocus
 weights included, needs a further collective), then autograd into the local backward.
 
-Checks (errors instead of hangs). Each rank checks its targets against ``[0, P V_l)`` or
-``ignore_index`` before any collective. The gathered buffer carries a header row per rank (its
-``V_l``, ``T`` and a checksum of the targets) that every rank compares after the collective, so
-unequal blocks (a ``V`` not divisible by P), a different temperature or different targets raise the
-same ``ValueError`` on every rank. What one collective cannot detect: a different token count N (the
+Checks (errors instead of hangs). Each rank checks its own inputs (its shard, the global targets
+against ``[0, P V_l)`` or ``ignore_index``, every per-token input) before the collective; a rank whose
+checks raise still takes part in the collective with a failure header (``agreed``), so every rank
+raises. The gathered buffer carries a header row per rank (its ``V_l`` or ``FAILED``, ``T`` and a
+checksum of the targets) that every rank compares after the collective, so a failed rank, unequal
+blocks (a ``V`` not divisible by P), a different temperature or different targets raise a
+``ValueError`` on every rank. What one collective cannot detect: a different token count N (the
 buffers differ in size: gloo aborts the process, NCCL may hang or read garbage), a different
 ``ignore_index``, ``hidden`` that is not the same on every rank, or a rank that does not call at all
 (a hang, bounded only by the group's timeout).
@@ -58,23 +60,24 @@ buffers differ in size: gloo aborts the process, NCCL may hang or read garbage),
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, ClassVar, NoReturn, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import api, linear, ops
-from .backends import resolve_backend
-from .config import (ActFocusConfig, PolicyLossConfig, PolicyLossOutput, TokenStats, check_ignore_index,
-                     check_temperature)
-from .policy_rows import CurrentStats, LossInputs, check_loss_configs, loss_inputs
-from .rows import Rows, check, check_targets, flat_targets, flatten_rows
-from .variants import two_pass_loss
+from . import compat
+from .config import LogitTransform, TokenStats
+from .rows import check
+from .sources import StatsSource
 
 LOCAL_IGNORE = -1  # the local id of a target another rank owns (or that is ignored): no local id is negative
 STATE_FIELDS = 3  # fp32 per row and rank in the all-gather: lse_r, H_r, logp_r
+EXTRA_FIELDS = 4  # with extra_stats: log sum p_r^2, mean_r s, max_r s, the local is_top1
 CHECKSUM_MODULUS = 1_000_003  # < 2**24: the targets' checksum is exact in the fp32 header
+FAILED = -1.0  # the header's V_l of a rank whose own checks failed before the collective
+ERROR_KINDS = (ValueError, TypeError, RuntimeError, Exception)  # the failure header's error kind, by index
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ class ShardStates:
     lse: Tensor
     entropy: Tensor
     logp: Tensor
+    extras: Optional[Tensor] = None  # [P, N, EXTRA_FIELDS], detached, with extra_stats
 
 
 def _checksum(targets: Tensor) -> Tensor:
@@ -132,6 +136,11 @@ def _checksum(targets: Tensor) -> Tensor:
 def _check_headers(headers: Tensor, shard: VocabShard) -> None:
     """Every rank compares all headers ``[P, 3]`` (V_l, T, checksum): the same error everywhere."""
     headers = headers.cpu()
+    failed = [rank for rank, v_l in enumerate(headers[:, 0].tolist()) if v_l == FAILED]
+    if failed:
+        kinds = [ERROR_KINDS[int(headers[rank, 1])].__name__ for rank in failed]
+        raise ValueError(f"tp_group: rank(s) {failed} rejected their input before the collective ({', '.join(kinds)}; "
+                         "their own error says why): no rank computed this call")
     for column, what, hint in ((0, "local vocabulary sizes", "each rank must hold V / P ids: is V divisible by "
                                                                f"the group size {shard.size}?"),
                                (1, "temperatures", "pass the same temperature on every rank"),
@@ -142,20 +151,78 @@ def _check_headers(headers: Tensor, shard: VocabShard) -> None:
             raise ValueError(f"tp_group: the ranks' {what} differ: {shown}; {hint}")
 
 
-def gather_states(local: TokenStats, targets: Tensor, shard: VocabShard, temperature: float) -> ShardStates:
+def state_fields(extra_stats: bool) -> int:
+    """fp32 per row and rank in the call's all-gather."""
+    return STATE_FIELDS + (EXTRA_FIELDS if extra_stats else 0)
+
+
+def fail_together(group: dist.ProcessGroup, targets: Tensor, error: BaseException, extra_stats: bool) -> NoReturn:
+    """This rank's own checks raised ``error`` before the call's one collective: take part in it with a
+    failure header (``V_l = FAILED``, the error's kind), so that no rank waits for this one and every
+    other rank raises too (``_check_headers``), then raise ``error``."""
+    fields = state_fields(extra_stats)
+    send = torch.zeros((1 + targets.numel(), fields), dtype=torch.float32, device=targets.device)
+    send[0, 0] = FAILED
+    send[0, 1] = next(i for i, kind in enumerate(ERROR_KINDS) if isinstance(error, kind))
+    received = send.new_empty((dist.get_world_size(group) * send.shape[0], fields))
+    compat.all_gather_single(received, send, group=group)
+    raise error
+
+
+def agreed(group: Optional[dist.ProcessGroup], targets, build: Callable[[], T], extra_stats: bool = False) -> T:
+    """``build()``: a call's checks and sources before its collective. Under a ``group``, a rank whose
+    checks raise still takes part in the collective (``fail_together``), so a check whose outcome
+    differs between ranks (a target out of range, a shard only one rank rejects, a bad mask on one
+    rank) raises on every rank instead of leaving the others waiting. Not covered: targets that are
+    not a tensor, or a token count that differs between ranks (the collective's sizes differ)."""
+    if group is None:
+        return build()
+    try:
+        return build()
+    except Exception as error:  # noqa: BLE001 - every rank must hear of it before it is raised
+        if not (dist.is_available() and dist.is_initialized()) or not isinstance(targets, Tensor):
+            raise
+        fail_together(group, targets, error, extra_stats)
+
+
+def gather_states(local: TokenStats, targets: Tensor, shard: VocabShard, temperature: float,
+                  local_max: Optional[Tensor] = None) -> ShardStates:
     """All ranks' states from this rank's local statistics (flat ``[N]``): ONE all-gather of
-    ``[1 + N, 3]`` fp32 per rank (a header row, then ``lse_r, H_r, logp_r`` per row)."""
-    own = torch.stack((-local.energy / temperature, local.entropy, local.logp), dim=1).to(torch.float32)
-    header = torch.stack((torch.tensor(float(shard.local)), torch.tensor(float(temperature)),
-                          _checksum(targets).cpu().to(torch.float32))).to(own.device).unsqueeze(0)
+    ``[1 + N, F]`` fp32 per rank (a header row, then ``lse_r, H_r, logp_r`` per row; with the extra
+    statistics, ``local_max`` the shard's ``max s``, also ``log sum p_r^2, mean_r s, max_r s, top1_r``)."""
+    columns = [-local.energy / temperature, local.entropy, local.logp]
+    if local_max is not None:
+        columns += [local.log_sum_sq_probs, local.mean_logits, local_max, local.is_top1]
+    own = torch.stack([x.to(torch.float32) for x in columns], dim=1)
+    fields = own.shape[1]
+    header = torch.zeros((1, fields), dtype=torch.float32, device=own.device)
+    header[0, :3] = torch.stack((torch.tensor(float(shard.local)), torch.tensor(float(temperature)),
+                                 _checksum(targets).cpu().to(torch.float32))).to(own.device)
     send = torch.cat((header, own.detach())).contiguous()
-    received = send.new_empty((shard.size * send.shape[0], STATE_FIELDS))
-    dist.all_gather_single(received, send, group=shard.group)
-    received = received.view(shard.size, send.shape[0], STATE_FIELDS)
-    _check_headers(received[:, 0], shard)
+    received = send.new_empty((shard.size * send.shape[0], fields))
+    compat.all_gather_single(received, send, group=shard.group)
+    received = received.view(shard.size, send.shape[0], fields)
+    _check_headers(received[:, 0, :3], shard)
     is_own = (torch.arange(shard.size, device=own.device) == shard.rank).view(-1, 1, 1)
     states = torch.where(is_own, own.unsqueeze(0), received[:, 1:]).to(torch.float64)
-    return ShardStates(lse=states[..., 0], entropy=states[..., 1], logp=states[..., 2])
+    extras = states[..., STATE_FIELDS:].detach() if local_max is not None else None
+    return ShardStates(lse=states[..., 0], entropy=states[..., 1], logp=states[..., 2], extras=extras)
+
+
+def merge_extras(states: ShardStates, lse: Tensor, targets: Tensor, shard: VocabShard,
+                 ignore_index: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The extra statistics of the full rows (detached): ``log sum p^2 = logsumexp_r(log sum p_r^2 +
+    2 (lse_r - lse))``, ``mean s = mean_r mean_r s`` (equal blocks), and ``is_top1``: the owner's
+    local ``is_top1`` and no other block's ``max s`` above the owner's (nor equal to it on a lower
+    rank: the first index wins)."""
+    log_sq, mean, block_max, top1 = (states.extras[..., i] for i in range(EXTRA_FIELDS))
+    log_sum_sq = torch.logsumexp(log_sq + 2.0 * (states.lse.detach() - lse.detach()), dim=0)
+    owner, valid = shard.owners(targets, ignore_index)
+    owner_max = block_max.gather(0, owner.unsqueeze(0))
+    ranks = torch.arange(shard.size, device=owner.device).unsqueeze(1)
+    beaten = torch.where(ranks < owner, block_max >= owner_max, block_max > owner_max).any(dim=0)
+    is_top1 = valid & (top1.gather(0, owner.unsqueeze(0)).squeeze(0) > 0) & ~beaten
+    return log_sum_sq.to(torch.float32), mean.mean(dim=0).to(torch.float32), is_top1
 
 
 def merge(states: ShardStates, targets: Tensor, shard: VocabShard, temperature: float,
@@ -169,46 +236,29 @@ def merge(states: ShardStates, targets: Tensor, shard: VocabShard, temperature: 
     at_owner = owner.unsqueeze(0)
     logp = (states.logp.gather(0, at_owner) + log_share.gather(0, at_owner)).squeeze(0)
     logp = torch.where(valid, logp, 0.0)
-    return TokenStats(logp.to(torch.float32), (-temperature * lse).to(torch.float32), entropy.to(torch.float32))
+    extras = () if states.extras is None else merge_extras(states, lse, targets, shard, ignore_index)
+    return TokenStats(logp.to(torch.float32), (-temperature * lse).to(torch.float32), entropy.to(torch.float32),
+                      *extras)
 
 
-def _merged(local: TokenStats, targets: Tensor, shard: VocabShard, temperature: float,
-            ignore_index: int) -> TokenStats:
+def _merged(local: TokenStats, targets: Tensor, shard: VocabShard, temperature: float, ignore_index: int,
+            local_max: Optional[Tensor] = None) -> TokenStats:
     """The merge, differentiated on finite states only: a row with a non-finite state (NaN or inf
     logits on some shard) keeps its non-finite outputs, detached, and gets a zero gradient (an
     unused row's 0 incoming gradient would otherwise turn into 0 * NaN = NaN in the merge's backward;
     an active one's loss is non-finite already)."""
     flat_targets = targets.reshape(-1)
-    states = gather_states(TokenStats(*(x.reshape(-1) for x in local)), flat_targets, shard, temperature)
+    states = gather_states(local.map(lambda x: x.reshape(-1)), flat_targets, shard, temperature, local_max)
     values = (states.lse, states.entropy, states.logp)
     finite = torch.stack([torch.isfinite(x).all(dim=0) for x in values]).all(dim=0)
-    safe = ShardStates(*(torch.where(finite, x, 0.0) for x in values))
+    safe = ShardStates(*(torch.where(finite, x, 0.0) for x in values), extras=states.extras)
     merged = merge(safe, flat_targets, shard, temperature, ignore_index)
     if not bool(finite.all()):
         with torch.no_grad():
             raw = merge(states, flat_targets, shard, temperature, ignore_index)
-        merged = TokenStats(*(torch.where(finite, x, r) for x, r in zip(merged, raw)))
-    return TokenStats(*(x.view(targets.shape) for x in merged))
-
-
-def _check_common(targets: Tensor, temperature: float, ignore_index: int, owner: str) -> None:
-    check(isinstance(targets, Tensor), f"targets must be a torch.Tensor, got {type(targets).__name__}", TypeError)
-    check_temperature(owner, temperature)
-    check_ignore_index(owner, ignore_index)
-
-
-def sharded_token_stats(logits: Tensor, targets: Tensor, temperature: float, backend: str, *, ignore_index: int,
-                        group: dist.ProcessGroup) -> TokenStats:
-    """``token_stats`` of vocab-parallel ``logits [..., V_l]`` (this rank's block) and global
-    ``targets``: the statistics of the full rows on every rank, differentiable (own shard)."""
-    check(isinstance(logits, Tensor), f"logits must be a torch.Tensor, got {type(logits).__name__}", TypeError)
-    _check_common(targets, temperature, ignore_index, "token_stats")
-    check(logits.dim() >= 1, "logits must have a vocabulary dimension")
-    shard = vocab_shard(group, logits.shape[-1])
-    check_targets(targets, shard.vocab, ignore_index)
-    local = api.token_stats(logits, shard.local_targets(targets, ignore_index), temperature, backend,
-                            ignore_index=LOCAL_IGNORE)
-    return _merged(local, targets, shard, temperature, ignore_index)
+        merged = TokenStats(*(None if x is None else torch.where(finite, x, r)
+                              for x, r in zip(merged.all_fields(), raw.all_fields())))
+    return merged.map(lambda x: x.view(targets.shape))
 
 
 class ReplicatedInput(torch.autograd.Function):
@@ -227,107 +277,62 @@ class ReplicatedInput(torch.autograd.Function):
         return grad, None
 
 
-def sharded_linear_token_stats(hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float, *,
-                               bias: Optional[Tensor], chunk_size: Optional[int], backend: str, ignore_index: int,
-                               group: dist.ProcessGroup) -> TokenStats:
-    """``linear_token_stats`` with this rank's LM-head rows ``weight [V_l, H]`` (``bias [V_l]``) and
-    the replicated ``hidden``: the statistics of the full rows on every rank; backward all-reduces
-    the gradient of ``hidden``, the weight and bias gradients are this rank's rows."""
-    check(isinstance(weight, Tensor) and weight.dim() == 2,
-          f"weight must be the LM head's rows [V_l, H], got {getattr(weight, 'shape', type(weight).__name__)}")
-    _check_common(targets, temperature, ignore_index, "linear_token_stats")
-    shard = vocab_shard(group, weight.shape[0])
-    check_targets(targets, shard.vocab, ignore_index)
-    if isinstance(hidden, Tensor) and hidden.requires_grad and torch.is_grad_enabled():
-        hidden = ReplicatedInput.apply(hidden, group)
-    local = linear.linear_token_stats(hidden, weight, shard.local_targets(targets, ignore_index), temperature,
-                                      bias=bias, chunk_size=chunk_size, backend=backend, ignore_index=LOCAL_IGNORE)
-    return _merged(local, targets, shard, temperature, ignore_index)
-
-
 @dataclass(frozen=True)
-class LossArguments:
-    """The arguments of ``policy_loss`` / ``linear_policy_loss`` other than the logits or the LM
-    head and the execution options (their meaning is the unsharded functions')."""
+class ShardedSource:
+    """A statistics source (``sources``) over this rank's block of the vocabulary: the inner source's
+    local statistics of the targets it owns, merged over the group (module docstring). No single-pass
+    loss: every policy loss runs the two passes on the merged differentiable statistics (every rank
+    computes the variant's scalars for every token from the same statistics, so no variant, ActFocus
+    weights included, needs a further collective)."""
 
-    targets: Tensor
-    old_logp: Optional[Tensor]
-    advantages: Tensor
-    loss_mask: Tensor
-    weights: Optional[Tensor]
-    action_mask: Optional[Tensor]
-    ref_logp: Optional[Tensor]
-    cu_seqlens: Optional[Tensor]
-    turn_ids: Optional[Tensor]
-    cfg: PolicyLossConfig
-    actfocus: Optional[ActFocusConfig]
-    generator: Optional[torch.Generator]
+    inner: StatsSource
+    shard: VocabShard
+    fused: ClassVar[bool] = False
 
+    @property
+    def vocab(self) -> int:
+        return self.shard.vocab
 
-def _token_rows(args: LossArguments) -> Rows:
-    """The token structure of the targets (``[B, L]``, or packed ``[N]`` with ``cu_seqlens``),
-    from a stand-in ``[.., 1]`` tensor: no vocabulary, no copy of the logits."""
-    check(isinstance(args.targets, Tensor), f"targets must be a torch.Tensor, got {type(args.targets).__name__}",
-          TypeError)
-    stand_in = torch.zeros(tuple(args.targets.shape) + (1,), dtype=torch.float32, device=args.targets.device)
-    return flatten_rows(stand_in, args.targets, args.cu_seqlens, "reference")
+    @property
+    def transform(self) -> LogitTransform:
+        return self.inner.transform
 
+    def token_stats(self, targets: Tensor, temperature: float, ignore_index: int,
+                    extra_stats: bool = False) -> TokenStats:
+        """The merged statistics; with ``extra_stats`` each block's ``max s`` (``row_max``) joins the
+        states so that ``is_top1`` can be decided across the blocks."""
+        def local_pass():
+            local = self.inner.token_stats(self.shard.local_targets(targets, ignore_index), temperature,
+                                           LOCAL_IGNORE, extra_stats)
+            return local, (scaled_max(self.inner, temperature) if extra_stats else None)
 
-def _loss_of(stats: TokenStats, rows: Rows, vocab: int, args: LossArguments) -> PolicyLossOutput:
-    """The loss of ``args.cfg`` from the merged differentiable statistics (``variants.two_pass_loss``)."""
-    def inputs_with(current_stats: CurrentStats) -> LossInputs:
-        return loss_inputs(rows, args.targets, vocab, args.old_logp, args.advantages, args.loss_mask, args.weights,
-                           args.action_mask, args.ref_logp, args.turn_ids, args.cfg, args.actfocus, current_stats)
+        local, local_max = agreed(self.shard.group, targets, local_pass, extra_stats)
+        return _merged(local, targets, self.shard, temperature, ignore_index, local_max)
 
-    flat = TokenStats(*(x.reshape(-1) for x in stats))
-    return two_pass_loss(flat, rows, inputs_with, args.cfg, args.generator,
-                         args.weights is not None or args.actfocus is not None)
-
-
-def _inplace_grad_stats(logits: Tensor, args: LossArguments, backend: str, group: dist.ProcessGroup) -> TokenStats:
-    """``sharded_token_stats`` whose local backward overwrites this rank's logits block by its
-    gradient (``ops.InplaceGradTokenStats``: the two-pass losses' ``inplace_grad=True``)."""
-    cfg = args.cfg
-    backend = resolve_backend(backend, logits.device)
-    shard = vocab_shard(group, logits.shape[-1])
-    check_targets(args.targets, shard.vocab, cfg.ignore_index)
-    local_targets = shard.local_targets(args.targets, cfg.ignore_index)
-    rows = flatten_rows(logits, local_targets, args.cu_seqlens, backend, need_view=True)
-    local = ops.InplaceGradTokenStats.apply(rows.flat, flat_targets(local_targets), float(cfg.temperature),
-                                            LOCAL_IGNORE, backend)
-    return _merged(TokenStats(*local), args.targets, shard, cfg.temperature, cfg.ignore_index)
+    def detached_stats(self, targets: Tensor, temperature: float, ignore_index: int,
+                       selected: Optional[Tensor]) -> TokenStats:
+        with torch.no_grad():
+            return self.token_stats(targets, temperature, ignore_index)
 
 
-def sharded_policy_loss(logits: Tensor, args: LossArguments, *, inplace_grad: bool, backend: str,
-                        group: dist.ProcessGroup) -> PolicyLossOutput:
-    """``policy_loss`` of vocab-parallel ``logits [B, L, V_l]`` / ``[N, V_l]`` (this rank's block):
-    the same loss and per-token outputs on every rank, the gradient of this rank's block (written
-    over the block in backward with ``inplace_grad=True``)."""
-    check_loss_configs(args.cfg, args.actfocus)
-    check(isinstance(logits, Tensor) and logits.dim() in (2, 3),
-          f"logits must be [B, L, V_l] or packed [N, V_l], got {getattr(logits, 'shape', type(logits).__name__)}")
-    rows = _token_rows(args)
-    cfg = args.cfg
-    if inplace_grad and torch.is_grad_enabled() and logits.requires_grad:
-        stats = _inplace_grad_stats(logits, args, backend, group)
-    else:
-        stats = sharded_token_stats(logits, args.targets, cfg.temperature, backend, ignore_index=cfg.ignore_index,
-                                    group=group)
-    return _loss_of(stats, rows, dist.get_world_size(group) * logits.shape[-1], args)
+def scaled_max(source: StatsSource, temperature: float) -> Tensor:
+    """``max_v s_v`` per row of a source's block: the transform is increasing, so ``s(max_v z_v)``."""
+    with torch.no_grad():
+        peak = source.row_max().double()
+        scale, cap = source.transform
+        scaled = cap * torch.tanh(scale * peak / cap) if cap > 0 else scale * peak
+        return scaled / temperature
 
 
-def sharded_linear_policy_loss(hidden: Tensor, weight: Tensor, args: LossArguments, *, bias: Optional[Tensor],
-                               chunk_size: Optional[int], backend: str,
-                               group: dist.ProcessGroup) -> PolicyLossOutput:
-    """``linear_policy_loss`` with this rank's LM-head rows ``weight [V_l, H]`` (``bias [V_l]``) and
-    the replicated ``hidden [B, L, H]`` / ``[N, H]``: the same loss and per-token outputs on every
-    rank; the gradient of ``hidden`` is summed over the group, those of the head are this rank's rows."""
-    check_loss_configs(args.cfg, args.actfocus)
-    check(isinstance(hidden, Tensor) and hidden.dim() in (2, 3),
-          f"hidden must be [B, L, H] or packed [N, H], got {getattr(hidden, 'shape', type(hidden).__name__)}")
-    rows = _token_rows(args)
-    cfg = args.cfg
-    stats = sharded_linear_token_stats(hidden, weight, args.targets, cfg.temperature, bias=bias,
-                                       chunk_size=chunk_size, backend=backend, ignore_index=cfg.ignore_index,
-                                       group=group)
-    return _loss_of(stats, rows, dist.get_world_size(group) * weight.shape[0], args)
+def sharded(source: StatsSource, group: Optional[dist.ProcessGroup]) -> StatsSource:
+    """``source`` itself when ``group`` is None, else the ``ShardedSource`` of this rank's vocabulary
+    block (the source's vocabulary) in ``group``; an LM head's replicated hidden states get their
+    gradient summed over the group in backward (``ReplicatedInput``)."""
+    if group is None:
+        return source
+    shard = vocab_shard(group, source.vocab)
+
+    def replicate(hidden: Tensor) -> Tensor:
+        return ReplicatedInput.apply(hidden, group) if hidden.requires_grad and torch.is_grad_enabled() else hidden
+
+    return ShardedSource(source.with_replicated_input(replicate), shard)

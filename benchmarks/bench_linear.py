@@ -21,8 +21,18 @@ from actfocus_kernels import PolicyLossConfig
 
 from . import naive
 from .bench_policy_loss import LOSS_CFG, loss_args, loss_kwargs, peer_loss_expectations
-from .case import (Case, Op, Variant, backend_variants, logp_case, loss_case, naive_variant, peer_loss_case,
-                   require_peer, stats_case)
+from .case import (
+    Case,
+    Op,
+    Variant,
+    backend_variants,
+    logp_case,
+    loss_case,
+    naive_variant,
+    peer_loss_case,
+    require_peer,
+    stats_case,
+)
 from .inputs import Inputs
 
 

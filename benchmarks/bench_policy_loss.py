@@ -18,8 +18,20 @@ import actfocus_kernels as ak
 from actfocus_kernels import PolicyLossConfig
 
 from . import naive, peers
-from .case import (Case, Op, Variant, backend_variants, compiled, compiled_variant, loss_case, naive_variant,
-                   peer_loss_case, require_peer, restorer, small)
+from .case import (
+    Case,
+    Op,
+    Variant,
+    backend_variants,
+    compiled,
+    compiled_variant,
+    loss_case,
+    naive_variant,
+    peer_loss_case,
+    require_peer,
+    restorer,
+    small,
+)
 from .inputs import Inputs
 
 LOSS_CFG = PolicyLossConfig(clip_low=0.2, clip_high=0.28)

@@ -32,6 +32,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import actfocus_kernels as ak
+from actfocus_kernels import compat
 
 from .megatron_vocab_parallel import VocabParallelCrossEntropy
 
@@ -54,7 +55,7 @@ class Measured:
 def counted_bytes(world_size: int):
     """Counts the collectives called inside and the bytes of their inputs (``[calls, payload, ring]``)."""
     totals = [0, 0.0, 0.0]
-    originals = {"all_gather_single": dist.all_gather_single, "all_reduce": dist.all_reduce}
+    originals = {"all_gather_single": compat.all_gather_single, "all_reduce": dist.all_reduce}
 
     def all_gather_single(output, value, *args, **kwargs):
         size = value.numel() * value.element_size()
@@ -67,11 +68,11 @@ def counted_bytes(world_size: int):
         totals[0], totals[1], totals[2] = totals[0] + 1, totals[1] + size, totals[2] + ring
         return originals["all_reduce"](value, *args, **kwargs)
 
-    dist.all_gather_single, dist.all_reduce = all_gather_single, all_reduce
+    compat.all_gather_single, dist.all_reduce = all_gather_single, all_reduce
     try:
         yield totals
     finally:
-        dist.all_gather_single, dist.all_reduce = originals["all_gather_single"], originals["all_reduce"]
+        compat.all_gather_single, dist.all_reduce = originals["all_gather_single"], originals["all_reduce"]
 
 
 def median_ms(fn: Callable[[], object], setup: Callable[[], None], group_wide: bool, target_s: float) -> float:
@@ -125,7 +126,8 @@ def unsharded_cases(tokens: int, vocab: int, threads: int, target_s: float) -> l
     where = f"1 process, {threads} thread{'s' if threads > 1 else ''}"
     return [_measure(f"stats, unsharded ({where})", torch.no_grad()(lambda: ak.token_stats(logits, targets)),
                      lambda: None, tokens, threads, target_s, group_wide=False),
-            _measure(f"stats fwd+bwd, unsharded ({where})", backward, clear, tokens, threads, target_s, group_wide=False)]
+            _measure(f"stats fwd+bwd, unsharded ({where})", backward, clear, tokens, threads, target_s,
+                     group_wide=False)]
 
 
 def rank_cases(rank: int, world_size: int, tokens: int, vocab: int, target_s: float) -> list[Measured]:
@@ -154,7 +156,7 @@ def rank_cases(rank: int, world_size: int, tokens: int, vocab: int, target_s: fl
     per_token = torch.zeros(tokens)
 
     def ours_collective() -> None:
-        dist.all_gather_single(gathered, states, group=group)
+        compat.all_gather_single(gathered, states, group=group)
 
     def megatron_collectives() -> None:
         dist.all_reduce(per_token, op=dist.ReduceOp.MAX, group=group)
@@ -171,7 +173,8 @@ def rank_cases(rank: int, world_size: int, tokens: int, vocab: int, target_s: fl
         _measure("stats fwd+bwd, vocab-parallel (ours)", ours_backward, clear_grad, tokens, world_size, target_s),
         _measure("CE fwd+bwd, Megatron CE scheme (torch)", megatron_backward, clear_grad, tokens, world_size, target_s),
         _measure("collective only: ours (1 all-gather)", ours_collective, nothing, tokens, world_size, target_s),
-        _measure("collectives only: Megatron (3 all-reduces)", megatron_collectives, nothing, tokens, world_size, target_s),
+        _measure("collectives only: Megatron (3 all-reduces)", megatron_collectives, nothing, tokens, world_size,
+                 target_s),
     ]
 
 
@@ -209,7 +212,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.vocab % args.ranks:
         parser.error(f"--vocab {args.vocab} is not divisible by --ranks {args.ranks}")
     load_before = os.getloadavg()[0]
-    rows = [row for threads in sorted({1, args.ranks}) for row in unsharded_cases(args.tokens, args.vocab, threads, args.target_s)]
+    rows = [row for threads in sorted({1, args.ranks})
+            for row in unsharded_cases(args.tokens, args.vocab, threads, args.target_s)]
     with tempfile.TemporaryDirectory() as tmp:
         context = mp.start_processes(_rank_main, args=(args.ranks, tmp, args.tokens, args.vocab, args.target_s),
                                      nprocs=args.ranks, join=False, start_method="spawn")

@@ -11,8 +11,18 @@ from torch import Tensor
 import actfocus_kernels as ak
 
 from . import naive, peers
-from .case import (Case, Op, Variant, backend_variants, compiled, compiled_variant, logp_case, naive_variant,
-                   require_peer, stats_case)
+from .case import (
+    Case,
+    Op,
+    Variant,
+    backend_variants,
+    compiled,
+    compiled_variant,
+    logp_case,
+    naive_variant,
+    require_peer,
+    stats_case,
+)
 from .inputs import Inputs
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from actfocus_kernels import PolicyLossConfig, TokenStats, policy_loss
-from actfocus_kernels.policy_rows import mask_multiplier
-from actfocus_kernels.rows import flatten_rows
+from actfocus_kernels import PolicyLossConfig, policy_loss
+from actfocus_kernels.aggregation import mask_multiplier
+from actfocus_kernels.layout import TokenLayout
 from actfocus_kernels.variants import TokenTerms, is_fused, objective
 
 CONFIGS = {
@@ -59,7 +59,7 @@ def eager_loss(x: dict, cfg: PolicyLossConfig) -> torch.Tensor:
     log_probs = torch.log_softmax(logits.float() / cfg.temperature, -1)
     logp = log_probs.gather(-1, x["targets"].unsqueeze(-1)).squeeze(-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
-    rows = flatten_rows(logits.detach(), x["targets"], None, "reference")
+    rows = TokenLayout.of(tuple(x["targets"].shape), logits.device)
     multiplier = mask_multiplier(x["loss_mask"], x["targets"].reshape(-1), rows, cfg.ignore_index)
     terms = TokenTerms(logp=logp.reshape(-1), entropy=entropy.reshape(-1), old_logp=x["old_logp"].reshape(-1),
                        advantages=x["advantages"][rows.seq_ids], ref_logp=x["ref_logp"].reshape(-1),

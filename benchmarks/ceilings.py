@@ -13,7 +13,8 @@ Ceilings, each on buffers the size of the op's own:
   implementation); the same into preallocated outputs is reported beside it (the arithmetic alone).
 
 Statistic: the shortest round of each (the ceiling is what the machine can do, and the op's best is
-the same statistic; the small calls are judged on their median, see tiny_targets); medians are kept. ``measure_cpu_targets`` returns a plain dict (JSON).
+the same statistic; the small calls are judged on their median, see tiny_targets); medians are kept.
+``measure_cpu_targets`` returns a plain dict (JSON).
 """
 from __future__ import annotations
 
@@ -72,7 +73,6 @@ def token_stats_targets(rounds: int) -> dict:
         timed = interleaved({"read": _read_case(logits),
                              "token_stats": Case(run=lambda: ak.token_stats(logits, targets, backend="cpu"))}, rounds)
         out[str(dtype).replace("torch.", "")] = dict(timed, bytes=logits.numel() * logits.element_size())
-        del logits
     return out
 
 
@@ -124,8 +124,9 @@ def _three_gemms(inputs, preallocated: bool) -> Case:
 
 def linear_targets(rounds: int) -> dict:
     """The fused linear loss (cpu) against its three GEMMs alone and naive torch; its peak memory."""
-    from . import harness
     from actfocus_kernels.ops.linear import chunk_rows
+
+    from . import harness
 
     inputs = make_inputs(LINEAR_POINT, SIZES["cpu"], torch.device("cpu"))
     cases = {"three_gemms": _three_gemms(inputs, preallocated=False),

@@ -12,14 +12,13 @@ ceilings (device-copy bandwidth, matmul rate), the machine's description and the
 - ceilings: a large ``copy_`` (bytes read + written per second) and a large matmul (flop/s), each
   the best of several repeats;
 - check: the largest relative error ``|x - naive| / |naive|`` of a case's checked tensors, passing
-  within ``check_rtol`` (derived from the SPEC section 6 table in tests/tolerances.py).
+  within ``check_rtol`` (derived from the SPEC section 6 table in actfocus_kernels.testing).
 """
 from __future__ import annotations
 
 import os
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -27,14 +26,12 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from actfocus_kernels.testing import GRAD_RTOL, OUTPUT_RTOL, relative_error
+
 from .case import Case
 from .inputs import SizeSet
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "tests") not in sys.path:  # the one tolerance table lives with the tests
-    sys.path.append(str(ROOT / "tests"))
-
-from tolerances import GRAD_RTOL, OUTPUT_RTOL, relative_error  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the checkout, whose git commit a run records
 
 # --- timing --------------------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 job with the harness, and the rows and metadata it keeps in ``results_<device>_<sizes>.json``
 (rewritten after every measurement, so a run cut short keeps what it measured).
 
-Order: on CPU the SPEC section 7 targets beside their ceilings first (ceilings.py), then main points, torch.compile at the first main point, linear ops, sweeps, the rest. Work left
+Order: on CPU the SPEC section 7 targets beside their ceilings first (ceilings.py), then main points,
+torch.compile at the first main point, linear ops, sweeps, the rest. Work left
 when the budget runs out is recorded as skipped; a variant that fails is a row, not the end of
 the run.
 """

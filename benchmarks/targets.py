@@ -79,7 +79,8 @@ def cpu_target_results(measured: dict) -> list[dict]:
         add("linear memory", share, 1.0, linear["extra_bytes"] <= bound,
             f"linear extra memory {linear['extra_bytes'] / 2**20:.2f} MiB; one chunk ({linear['chunk_rows']} rows, "
             f"{linear['chunk_bytes'] / 2**20:.2f} MiB) + gradients ({linear['gradient_bytes'] / 2**20:.2f} MiB) + "
-            f"per-token values and scalars ({linear.get('per_token_bytes', 0) / 2**10:.0f} KiB) = {bound / 2**20:.2f} MiB; "
+            f"per-token values and scalars ({linear.get('per_token_bytes', 0) / 2**10:.0f} KiB) = "
+            f"{bound / 2**20:.2f} MiB; "
             f"**{share:.3f}×** (target ≤ 1×)")
     tiny, big_stats, big_loss = measured.get("tiny"), measured.get("token_stats", {}).get("float32"), loss
     if tiny and big_stats and big_loss:

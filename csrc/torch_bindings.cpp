@@ -21,32 +21,40 @@
 #define ACTFOCUS_STRINGIFY(...) ACTFOCUS_STRINGIFY_(__VA_ARGS__)
 
 TORCH_LIBRARY(actfocus_native, m) {
-  // Per row, with s = z / T: logp = s[y] - logsumexp(s) (0 where y == ignore_index),
-  // energy = -T logsumexp(s), entropy of softmax(s) (SPEC section 2); one read of each row.
+  // Every op takes the logit transform of SPEC section 10 (core/row_transform.h): with logit_scale > 0
+  // (1: off) and softcap >= 0 (0: off), s = softcap tanh(logit_scale z / softcap) / T, else
+  // s = logit_scale z / T; a -inf logit stays excluded. The C++ signatures are the wrappers of ops.h.
+
+  // Per row, over s: logp = s[y] - logsumexp(s) (0 where y == ignore_index), energy = -T logsumexp(s),
+  // entropy of softmax(s) (SPEC section 2); with extra_stats also log_sum_sq_probs = log sum_v p_v^2,
+  // mean_logits = mean_v s_v (float32) and is_top1 = y is the first index of max_v s_v (bool, false
+  // where y == ignore_index), else those three are empty [0] tensors. One read of each row.
   m.def(
-      "token_stats(Tensor logits, Tensor targets, float temperature, int ignore_index)"
-      " -> (Tensor logp, Tensor energy, Tensor entropy)",
+      "token_stats(Tensor logits, Tensor targets, float temperature, int ignore_index, float logit_scale,"
+      " float softcap, bool extra_stats) -> (Tensor logp, Tensor energy, Tensor entropy,"
+      " Tensor log_sum_sq_probs, Tensor mean_logits, Tensor is_top1)",
       {at::Tag::pt2_compliant_tag});
   // Fused clipped-surrogate loss per row (SPEC section 4): token_loss = scale * (w L_pg +
   // kl_coef KL(kl_type: 1/2/3) - entropy_coef H), 0 where scale == 0; dual_clip <= 1 is off;
-  // old_logp None is on-policy. When dlogits is given it receives d sum(token_loss) / d logits,
-  // written in the logits' dtype; it may be logits itself (in-place gradient).
+  // old_logp None is on-policy. When dlogits is given it receives d sum(token_loss) / d logits
+  // (through the transform), written in the logits' dtype; it may be logits itself (in-place gradient).
   m.def(
       "policy_loss(Tensor logits, Tensor targets, Tensor? old_logp, Tensor advantages,"
-      " Tensor? ref_logp, Tensor weights, Tensor scale, float temperature, float clip_low,"
-      " float clip_high, float dual_clip, float kl_coef, int kl_type, float entropy_coef,"
-      " int ignore_index, Tensor(a!)? dlogits)"
+      " Tensor? ref_logp, Tensor weights, Tensor scale, float temperature, float logit_scale,"
+      " float softcap, float clip_low, float clip_high, float dual_clip, float kl_coef, int kl_type,"
+      " float entropy_coef, int ignore_index, Tensor(a!)? dlogits)"
       " -> (Tensor token_loss, Tensor logp, Tensor energy, Tensor entropy, Tensor ratio,"
       " Tensor clipped)",
       {at::Tag::pt2_compliant_tag});
   // The gradient pass of given per-row coefficients (policy variants, tensor parallel, the
-  // gradient of token_stats): dlogits[v] = (target_coef 1{v = y} - prob_coef p_v
-  // + entropy_coef p_v (s_v - sum_u p_u s_u)) / T with the row's own softmax p = softmax(z / T);
+  // gradient of token_stats): dlogits[v] = ds_v/dz_v (target_coef 1{v = y} - prob_coef p_v
+  // + centred_coef p_v (s_v - sum_u p_u s_u)) with the row's own softmax p = softmax(s);
   // exactly 0 on rows whose three coefficients are 0; no one-hot term where y == ignore_index.
   // dlogits may be logits itself (in-place gradient).
   m.def(
       "row_gradient(Tensor logits, Tensor targets, Tensor target_coef, Tensor prob_coef,"
-      " Tensor entropy_coef, float temperature, int ignore_index, Tensor(a!) dlogits) -> ()",
+      " Tensor centred_coef, float temperature, float logit_scale, float softcap, int ignore_index,"
+      " Tensor(a!) dlogits) -> ()",
       {at::Tag::pt2_compliant_tag});
 }
 

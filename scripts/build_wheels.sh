@@ -3,6 +3,8 @@
 #   scripts/build_wheels.sh                      # one wheel: the release archs of setup.py
 #                                                #   (RELEASE_CUDA_ARCHS) with a CUDA torch, else CPU
 #   scripts/build_wheels.sh "8.0" "9.0a;12.0+PTX"  # one wheel per TORCH_CUDA_ARCH_LIST
+#   scripts/build_wheels.sh --device             # the device wheel: setup.py's DEVICE_CUDA_ARCHS
+#                                                #   (sm_80 + sm_90a), PYTHON = the 2.11 / 3.12 venv
 # Each wheel's version names what it holds (+cu130.torch214.sm80.sm90a.sm100.sm120, +cpu.torch213);
 # setup.py finds the CUDA toolkit (also behind a wrapper nvcc). With a CPU-only torch, or
 # ACTFOCUS_CUDA=0, arch lists do not apply and the CPU wheel is built. MAX_JOBS bounds the parallel
@@ -28,6 +30,10 @@ build_one() {  # build_one [arch list]
   echo "   built in $(( SECONDS - start )) s"
 }
 
+if [ "${1:-}" = --device ]; then
+  set -- "$("$PYTHON" -c 'import sys; sys.path.insert(0, "scripts")
+from check_wheel import setup_constant; print(setup_constant("DEVICE_CUDA_ARCHS"))')"
+fi
 cuda_torch=$("$PYTHON" -c 'import torch; print(int(torch.version.cuda is not None))')
 if [ $# -eq 0 ]; then
   build_one

@@ -5,6 +5,10 @@ in a fresh temporary directory (no port to collide with other runs) and calling
 ``worker(rank, P, *args)`` with the group's collective timeout set. Each rank reports its traceback
 or success through a queue; the parent waits until a deadline, then kills whatever is still running
 (no process outlives the call) and fails with every rank's report.
+
+``worker`` must be importable by name in a fresh interpreter (e.g. ``tp_checks.every_check``): the
+spawn start method starts each rank with the parent's environment and import path, which pytest's
+``pythonpath`` option (pyproject.toml) extends with ``tests/`` and the repository root.
 """
 from __future__ import annotations
 

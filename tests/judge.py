@@ -12,9 +12,20 @@ from actfocus_kernels import ActFocusConfig, PolicyLossConfig
 from actfocus_kernels.constants import RATIO_LOG_CLAMP, STD_EPS
 
 
-def judge_stats(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, ignore_index: int = -100):
-    """float64 ``(logp, energy, entropy)`` of ``logits [..., V]``; differentiable."""
-    s = logits.double() / temperature
+def judge_scaled_logits(logits: torch.Tensor, temperature: float = 1.0, logit_scale: float = 1.0,
+                        softcap: Optional[float] = None) -> torch.Tensor:
+    """float64 ``s`` of SPEC 10, naively: ``softcap * tanh(logit_scale * z / softcap) / T`` (``-inf``
+    logits stay ``-inf``), or ``logit_scale * z / T`` without cap; differentiable."""
+    z = logits.double() * logit_scale
+    if softcap:
+        z = torch.where(logits == float("-inf"), z, softcap * torch.tanh(z / softcap))
+    return z / temperature
+
+
+def judge_stats(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, ignore_index: int = -100,
+                logit_scale: float = 1.0, softcap: Optional[float] = None):
+    """float64 ``(logp, energy, entropy)`` of ``logits [..., V]`` (over ``judge_scaled_logits``); differentiable."""
+    s = judge_scaled_logits(logits, temperature, logit_scale, softcap)
     log_probs = torch.log_softmax(s, dim=-1)
     probs = log_probs.exp()
     entropy = -(probs * torch.where(probs > 0, log_probs, torch.zeros_like(log_probs))).sum(-1)
@@ -22,6 +33,18 @@ def judge_stats(logits: torch.Tensor, targets: torch.Tensor, temperature: float 
     picked = log_probs.gather(-1, torch.where(valid, targets, 0).unsqueeze(-1)).squeeze(-1)
     logp = torch.where(valid, picked, torch.zeros_like(picked))
     return logp, -temperature * torch.logsumexp(s, dim=-1), entropy
+
+
+def judge_extra_stats(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                      ignore_index: int = -100, logit_scale: float = 1.0, softcap: Optional[float] = None):
+    """float64 ``(log_sum_sq_probs, mean_logits, is_top1, s)`` of SPEC 10, naively: ``log sum_v p_v^2``,
+    ``mean_v s_v``, and whether the target is the first index of ``max_v s_v`` (False where ignored);
+    ``s`` is returned for the tie check of ``is_top1``."""
+    s = judge_scaled_logits(logits, temperature, logit_scale, softcap).detach()
+    probs = torch.softmax(s, dim=-1)
+    valid = targets != ignore_index
+    is_top1 = valid & (torch.argmax(s, dim=-1) == torch.where(valid, targets, -1))
+    return torch.log((probs * probs).sum(-1)), s.mean(-1), is_top1, s
 
 
 def sequences(num_tokens_shape: tuple, cu_seqlens: Optional[torch.Tensor]) -> list:
@@ -52,7 +75,8 @@ def _aggregate(token, m, groups, targets, cfg):
         per_seq = [token[g].sum() / m[g].sum() for g in groups if m[g].sum() > 0]
         return sum(per_seq, torch.zeros((), dtype=torch.float64)) / _seq_counts(groups, m, cfg, True)
     if cfg.agg == "seq-mean-token-sum":
-        return sum((token[g].sum() for g in groups), torch.zeros((), dtype=torch.float64)) / _seq_counts(groups, m, cfg, False)
+        total = sum((token[g].sum() for g in groups), torch.zeros((), dtype=torch.float64))
+        return total / _seq_counts(groups, m, cfg, False)
     longest = targets.shape[1] if targets.dim() == 2 else max(max(len(g) for g in groups), 1)
     norm_len = cfg.norm_len or longest
     return token.sum() / (_seq_counts(groups, m, cfg, False) * norm_len)
@@ -61,8 +85,8 @@ def _aggregate(token, m, groups, targets, cfg):
 def _kl(logp, ref, kl_type):
     d = logp - ref
     low_var = torch.clamp(torch.exp(torch.clamp(ref - logp, -20, 20)) - torch.clamp(ref - logp, -20, 20) - 1, -10, 10)
-    if kl_type in ("k1+", "k3+"):  # the value of k1 / verl's k3, the gradient of k2
-        value = (d if kl_type == "k1+" else low_var).detach()
+    if kl_type in ("k1+", "abs+", "k3+"):  # the value of k1 / abs / verl's k3, the gradient of k2
+        value = {"k1+": d, "abs+": d.abs(), "k3+": low_var}[kl_type].detach()
         return value + 0.5 * d ** 2 - (0.5 * d ** 2).detach()
     return {"k1": d, "k2": 0.5 * d ** 2, "k3": torch.exp(ref - logp) - (ref - logp) - 1, "abs": d.abs(),
             "low_var_kl": low_var}[kl_type]
@@ -94,9 +118,9 @@ def _policy_terms(cfg, logp, old, adv, m, mask, groups, generator):
         per_seq = []
         for g in groups:
             count = m[g].sum() + 1e-8
-            total_lr, total_a, total_w = 0.0, 0.0, 0.0
+            total_lr, total_a = 0.0, 0.0
             for i in g:
-                lr = logp[i] - old[i]
+                lr = torch.clamp(logp[i] - old[i], -RATIO_LOG_CLAMP, RATIO_LOG_CLAMP)
                 sgn = torch.sign(adv[i])
                 total_lr = total_lr + m[i] * sgn * torch.minimum(sgn * lr, sgn * torch.clamp(lr, -lo, hi))
                 total_a = total_a + m[i] * adv[i]
@@ -175,7 +199,7 @@ def _policy_terms(cfg, logp, old, adv, m, mask, groups, generator):
             else:
                 kl = p_old * (old[i] - logp[i].detach()) + (1 - p_old) * torch.log((1 - p_old + 1e-8) / (1 - p + 1e-8))
                 keep = (kl <= hi or p <= p_old) if a > 0 else (kl <= lo or p >= p_old)
-            loss = -a * torch.clamp(r, max=cfg.dppo_ratio_cap).detach() * logp[i] if keep else logp[i] * 0
+            loss = -a * torch.clamp(r, max=cfg.dppo_ratio_cap).detach() * logp[i] * float(keep)  # verl: x * 0
         losses.append(loss)
         ratios.append(r)
     return losses, ratios
@@ -183,14 +207,14 @@ def _policy_terms(cfg, logp, old, adv, m, mask, groups, generator):
 
 def judge_policy_loss(
     logits, targets, old_logp, advantages, loss_mask, *, weights=None, ref_logp=None, cu_seqlens=None,
-    cfg: PolicyLossConfig = PolicyLossConfig(), generator=None,
+    cfg: PolicyLossConfig = PolicyLossConfig(), generator=None, logit_scale: float = 1.0, softcap=None,
 ):
     """float64 ``(loss, dloss/dlogits, per-token dict)`` straight from SPEC sections 4 and 4.1 (the
     peers' formulas, token by token and sequence by sequence)."""
     z = logits.detach().double().requires_grad_(True)
     T = cfg.temperature
-    logp, energy, entropy = judge_stats(z, targets, T, cfg.ignore_index)
-    logp_f, energy_f, entropy_f = logp.reshape(-1), energy.reshape(-1), entropy.reshape(-1)
+    logp, energy, entropy = judge_stats(z, targets, T, cfg.ignore_index, logit_scale, softcap)
+    logp_f, entropy_f = logp.reshape(-1), entropy.reshape(-1)
     groups = sequences(tuple(targets.shape), cu_seqlens)
     adv = advantages.double()
     if adv.shape != targets.shape:  # one per sequence
@@ -205,6 +229,8 @@ def judge_policy_loss(
     old = logp_m.detach() if old_logp is None else torch.where(mask, old_logp.double().reshape(-1), zero)
     w = torch.ones_like(logp_f) if weights is None else torch.where(mask, weights.double().reshape(-1), zero)
     losses, ratios = _policy_terms(cfg, logp_m, old, adv, m, mask, groups, generator)
+    # TRL's coef_1: the sequence ratio at its sequence level (gspo), else the token ratio
+    token_ratio = torch.exp(torch.clamp(logp_m - old, -RATIO_LOG_CLAMP, RATIO_LOG_CLAMP))
     if cfg.policy == "gmpo":
         seq_w = [torch.exp(sum((m[i] * torch.log(w[i] + 1e-10) for i in g), zero) / count) if weights is not None
                  else 1.0 for _, g, count, _ in losses]
@@ -221,7 +247,7 @@ def judge_policy_loss(
         ref = torch.where(mask, ref_logp.double().reshape(-1), zero)
         kl = _kl(logp_m, ref, cfg.kl_type)
         if cfg.kl_bias_correction:
-            kl = kl * ratio
+            kl = kl * (ratio if cfg.policy == "gspo" else token_ratio)
         token = token + cfg.kl_coef * kl
     if cfg.entropy_coef != 0 and cfg.entropy_agg is None:
         token = token - cfg.entropy_coef * entropy_f

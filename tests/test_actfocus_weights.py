@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from actfocus_kernels import ActFocusConfig, TokenStats, actfocus_weights
+
 from judge import judge_weights
 
 

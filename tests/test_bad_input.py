@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from actfocus_kernels import ActFocusConfig, PolicyLossConfig, TokenStats, actfocus_weights, policy_loss, token_stats
+from actfocus_kernels.testing import GRAD_RTOL, OUTPUT_RTOL, assert_rel_close
+
 from judge import judge_policy_loss, judge_stats, make_batch
-from tolerances import GRAD_RTOL, OUTPUT_RTOL, assert_rel_close
 
 
 def loss_and_grad(batch, backend, cfg=PolicyLossConfig(), **changes):

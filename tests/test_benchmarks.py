@@ -14,13 +14,9 @@ import torch
 
 import actfocus_kernels as ak
 from actfocus_kernels import ActFocusConfig, TokenStats, native
+from benchmarks import naive, peers
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import naive, peers  # noqa: E402
-
+BENCH_ROOT = Path(naive.__file__).resolve().parents[1]  # the directory holding the benchmarks package
 MAIN = (64, 1000)  # SIZES["smoke"].main
 SWEEP_POINTS = [(64, 500), (64, 1000), (32, 1000)]
 
@@ -57,7 +53,7 @@ def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     command = [sys.executable, "-m", "benchmarks.compare", "--device", "cpu", "--sizes", "smoke", "--no-compile",
                "--out", str(out)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=BENCH_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return json.loads((out / "results_cpu_smoke.json").read_text()), out, result.stdout
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from actfocus_kernels import linear_token_stats, token_stats
+from actfocus_kernels.testing import GRAD_RTOL, assert_rel_close
+
 from judge import judge_stats
-from tolerances import GRAD_RTOL, assert_rel_close
 
 
 def incoming(shape, seed, which):

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from actfocus_kernels import ActFocusConfig, PolicyLossConfig, TokenStats, actfocus_weights, policy_loss, token_stats
+
 from judge import make_batch
 
 

@@ -23,9 +23,10 @@ from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-from actfocus_kernels.integrations.trl import ActFocusGRPOConfig, ActFocusGRPOTrainer, LOSS_TYPES  # noqa: E402
+from actfocus_kernels.integrations.trl import LOSS_TYPES, ActFocusGRPOConfig, ActFocusGRPOTrainer  # noqa: E402
 
 from toy_lm import PROMPTS, toy_model_dir, toy_reward, toy_tokenizer  # noqa: E402
+from trl_helpers import config_kwargs, flat_params, logged, rel, rollout_batch  # noqa: E402
 
 # losses relative to their scale, the advantages (unit std): on-policy GRPO losses are sums that cancel to ~1e-8
 LOSS_TOL = 1e-6
@@ -48,26 +49,10 @@ def dataset():
     return Dataset.from_dict({"prompt": PROMPTS})
 
 
-def config_kwargs(tmp_path, **options):
-    kwargs = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
-                  max_steps=2, learning_rate=1e-3, report_to=[], logging_steps=1, save_strategy="no", use_cpu=True,
-                  seed=0, bf16=False, disable_tqdm=True)
-    kwargs.update(options)
-    return kwargs
-
-
 def build(trainer_cls, config_cls, model_dir, tokenizer, dataset, tmp_path, **options):
     args = config_cls(**config_kwargs(tmp_path, **options))
     return trainer_cls(model=model_dir, reward_funcs=toy_reward, args=args, train_dataset=dataset,
                        processing_class=tokenizer)
-
-
-def flat_params(model) -> torch.Tensor:
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm().clamp(min=1e-30))
 
 
 def trained_pair(model_dir, tokenizer, dataset, tmp_path, **options):
@@ -78,10 +63,6 @@ def trained_pair(model_dir, tokenizer, dataset, tmp_path, **options):
     ours = build(ActFocusGRPOTrainer, ActFocusGRPOConfig, model_dir, tokenizer, dataset, tmp_path, **options)
     ours.train()
     return stock, ours
-
-
-def logged(trainer, key: str) -> list:
-    return [h[key] for h in trainer.state.log_history if key in h and "train_runtime" not in h]
 
 
 # loss type -> the option sets run through two training steps (each also on-policy by default)
@@ -118,25 +99,6 @@ def test_two_steps_equal_stock_trl(loss_type, options, model_dir, tokenizer, dat
 
 
 # -- one loss call with every per-token input -------------------------------------------------------
-
-def rollout_batch(trainer, seed: int = 1) -> dict:
-    """A rollout batch of ``trainer`` plus every per-token input a TRL batch can carry: old, reference
-    and sampling log-probs near the current ones, and both shapes of the vLLM IS ratio."""
-    torch.manual_seed(seed)
-    trainer.model.train()
-    inputs = trainer._generate_and_score_completions([{"prompt": p} for p in PROMPTS])
-    shape = inputs["completion_ids"].shape
-    with torch.no_grad():
-        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
-        att = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
-        current, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(trainer, trainer.model, ids, att, shape[1])
-    inputs["advantages"] = torch.randn(shape[0])
-    inputs["old_per_token_logps"] = current + 0.3 * torch.randn(shape)
-    inputs["ref_per_token_logps"] = current + 0.3 * torch.randn(shape)
-    inputs["sampling_per_token_logps"] = current + 0.05 * torch.randn(shape)
-    inputs["token_is"] = torch.rand(shape) * 2
-    inputs["sequence_is"] = torch.rand(shape[0], 1) * 2
-    return inputs
 
 
 LOSS_CASES = [(loss_type, {}) for loss_type in LOSS_TYPES if loss_type != "cispo"] + [
@@ -302,16 +264,6 @@ def test_plain_grpo_config_is_checked_by_the_trainer(model_dir, tokenizer, datas
     with pytest.raises(ValueError, match="loss_type='sapo'"):
         build(ActFocusGRPOTrainer, GRPOConfig, model_dir, tokenizer, dataset, tmp_path, loss_type="sapo",
               importance_sampling_level="sequence")
-
-
-def test_softcapped_model_is_a_construction_error(tokenizer, dataset, tmp_path):
-    from toy_lm import toy_model
-
-    model = toy_model()
-    model.config.final_logit_softcapping = 30.0
-    with pytest.raises(ValueError, match="final_logit_softcapping"):
-        ActFocusGRPOTrainer(model=model, reward_funcs=toy_reward, args=ActFocusGRPOConfig(**config_kwargs(tmp_path)),
-                            train_dataset=dataset, processing_class=tokenizer)
 
 
 def test_tokenizer_without_offsets_is_a_construction_error(model_dir, tokenizer, dataset, tmp_path):

@@ -2,11 +2,9 @@
 float64 judge on the logits ``hidden @ weight.T + bias``, every backend on this machine, plus the
 memory contract (no ``N x V`` intermediate), the custom ops and the error paths.
 
-The logits of the linear path are the GEMM output in the input dtype (rounded once, e.g. to bf16),
-as an LM head computes them. The judge takes those values as its logits and differentiates the GEMM
-in float64 (the rounding is passed straight through), so that the comparison measures the library
-and not the rounding of the logits, which alone moves a bf16 gradient by several percent where a
-token sits at the clip boundary.
+The judge (``linear_judge.judge_linear``) takes the GEMM's logits in the input dtype as its logits
+and differentiates the GEMM in float64: the rounding of the logits, which alone moves a bf16
+gradient by several percent where a token sits at the clip boundary, is not measured.
 """
 import math
 
@@ -26,57 +24,10 @@ from actfocus_kernels import (
     token_stats,
 )
 from actfocus_kernels.ops.linear import CPU_CHUNK_BYTES, REFERENCE_WORKSPACE_BYTES, ROW_ALIGN, chunk_rows
-from judge import judge_policy_loss, judge_stats, make_batch
-from tolerances import GRAD_RTOL, OUTPUT_RTOL, assert_rel_close
+from actfocus_kernels.testing import GRAD_RTOL, OUTPUT_RTOL, assert_rel_close
 
-
-def linear_batch(batch: int, length: int, hidden_size: int, vocab: int, dtype=torch.float32, device="cpu",
-                 seed: int = 0, bias: bool = True, per_seq_advantages: bool = False) -> dict:
-    """Hidden states, an LM head whose logits have the spread of ``make_batch``'s, and per-token
-    inputs with ``old_logp`` around the true logp so the ratios fall on both sides of the clip.
-    Advantages are centred at 1 (both signs still occur): a loss that cancels to nearly 0 would
-    measure the cancellation of its terms rather than the kernels."""
-    data = make_batch(batch, length, 2, device=device, seed=seed, per_seq_advantages=per_seq_advantages)
-    del data["logits"]
-    data["advantages"] += 1.0
-    g = torch.Generator().manual_seed(seed + 1)
-    head = {
-        "hidden": torch.randn(batch, length, hidden_size, generator=g),
-        "weight": torch.randn(vocab, hidden_size, generator=g) * (2 / math.sqrt(hidden_size)),
-        "bias": torch.randn(vocab, generator=g) * 0.5 if bias else None,
-    }
-    head = {k: None if v is None else v.to(device=device, dtype=dtype) for k, v in head.items()}
-    data.update(head, targets=torch.randint(0, vocab, (batch, length), generator=g).to(device))
-    logp = judge_stats(materialised(data, chunk_size=batch * length).double(), data["targets"])[0]
-    noise = torch.empty(batch, length, dtype=torch.float64).uniform_(-0.6, 0.6, generator=g).to(device)
-    data["old_logp"] = (logp + noise).float()
-    data["ref_logp"] = (logp + 0.3 * noise.flip(-1)).float()
-    return data
-
-
-def materialised(data: dict, chunk_size: int) -> torch.Tensor:
-    """The logits as the linear path computes them: the GEMM of each chunk in the input dtype."""
-    hidden, weight, bias = data["hidden"], data["weight"], data["bias"]
-    rows = hidden.reshape(-1, hidden.shape[-1])
-    chunks = [torch.mm(rows[s:s + chunk_size], weight.t()) if bias is None
-              else torch.addmm(bias, rows[s:s + chunk_size], weight.t()) for s in range(0, rows.shape[0], chunk_size)]
-    return torch.cat(chunks).view(*hidden.shape[:-1], weight.shape[0])
-
-
-def leaves(data: dict, names=("hidden", "weight", "bias")) -> dict:
-    return {k: data[k].clone().requires_grad_(True) for k in names if data.get(k) is not None}
-
-
-def judge_linear(data, chunk_size, cfg, cu_seqlens=None, weights=None, generator=None):
-    """float64 ``(loss, per-token dict, {name: gradient})`` of the judge on the GEMM's logits."""
-    params = {k: v.detach().double().requires_grad_(True) for k, v in leaves(data).items()}
-    exact = params["hidden"] @ params["weight"].t() + (params["bias"] if "bias" in params else 0)
-    logits = exact + (materialised(data, chunk_size).double() - exact).detach()
-    loss, grad_logits, per_token = judge_policy_loss(
-        logits, data["targets"], data["old_logp"], data["advantages"], data["loss_mask"], weights=weights,
-        ref_logp=data["ref_logp"], cu_seqlens=cu_seqlens, cfg=cfg, generator=generator)
-    grads = torch.autograd.grad(logits, list(params.values()), grad_logits)
-    return loss, per_token, dict(zip(params, grads))
+from judge import judge_stats
+from linear_judge import judge_linear, leaves, linear_batch, materialised
 
 
 def run_linear(data, backend, cfg, chunk_size, **kwargs):
@@ -298,6 +249,53 @@ def test_empty_and_all_masked_batches(backend, device):
     data["loss_mask"].zero_()
     out, grads = run_linear(data, backend, PolicyLossConfig(agg="seq-mean-token-mean"), 4)
     assert out.loss == 0 and all(torch.all(g == 0) for g in grads.values())
+
+
+@pytest.mark.parametrize("inactive", ["masked", "ignored"])
+def test_nan_hidden_on_an_inactive_row_reaches_no_gradient(backend, device, inactive):
+    """Issue 25.4: a NaN hidden state on a masked or ignored row contributes exactly zero to every
+    gradient, the head's included (``0 * NaN`` in the weight-gradient GEMM made all of it NaN)."""
+    data = linear_batch(2, 4, 16, 40, device=device, seed=21)
+    if inactive == "masked":
+        data["loss_mask"][1, 2] = 0
+    else:
+        data["targets"][1, 2] = -100
+    cfg = PolicyLossConfig(kl_coef=0.1, entropy_coef=0.01)
+    clean, clean_grads = run_linear(data, backend, cfg, 3)
+    data["hidden"][1, 2] = float("nan")
+    out, grads = run_linear(data, backend, cfg, 3)
+    assert torch.equal(out.loss, clean.loss)
+    for name, grad in grads.items():
+        assert torch.isfinite(grad).all(), name
+        assert torch.equal(grad, clean_grads[name]), name
+
+
+def test_nan_hidden_on_a_row_without_incoming_gradient_reaches_no_head_gradient(backend, device):
+    """The same for ``linear_token_stats``' backward: a row whose statistics get no gradient."""
+    data = linear_batch(2, 4, 16, 40, device=device, seed=22)
+    keep = torch.ones(2, 4, dtype=torch.bool, device=device)
+    keep[0, 1] = False
+
+    def grads_of(hidden):
+        params = leaves({**data, "hidden": hidden})
+        stats = linear_token_stats(params["hidden"], params["weight"], data["targets"], 0.9, bias=params["bias"],
+                                   chunk_size=3, backend=backend)
+        torch.where(keep, stats.logp - 0.1 * stats.entropy, 0.0).sum().backward()
+        return {name: value.grad for name, value in params.items()}
+
+    clean = grads_of(data["hidden"])
+    poisoned = data["hidden"].clone()
+    poisoned[0, 1] = float("nan")
+    for name, grad in grads_of(poisoned).items():
+        assert torch.isfinite(grad).all(), name
+        assert torch.equal(grad, clean[name]), name
+
+
+def test_chunk_policy_counts_fp32_logits_at_four_bytes():
+    vocab = 151936
+    bf16 = chunk_rows(16384, vocab, torch.bfloat16, torch.device("cpu"), "cpu")
+    fp32 = chunk_rows(16384, vocab, torch.float32, torch.device("cpu"), "cpu")
+    assert fp32 * vocab * 4 <= CPU_CHUNK_BYTES < bf16 * vocab * 4
 
 
 # opcheck of the linear ops: tests/test_ops.py (samples in tests/samples.py)

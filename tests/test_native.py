@@ -10,7 +10,7 @@ import torch
 
 from actfocus_kernels import native, reference
 from actfocus_kernels.contract import RowLossInputs
-from tolerances import GRAD_RTOL, OUTPUT_RTOL, assert_rel_close
+from actfocus_kernels.testing import GRAD_RTOL, OUTPUT_RTOL, assert_rel_close
 
 DEVICES = [name for name in ("cpu", "cuda") if native.has_backend(name)
            and (name == "cpu" or torch.cuda.is_available())]
@@ -26,6 +26,11 @@ def device(request):
 
 def ops():
     return torch.ops.actfocus_native
+
+
+def token_stats(logits, targets, temperature, ignore_index=IGNORE):
+    """``actfocus_native::token_stats`` without transform or extras: (logp, energy, entropy)."""
+    return ops().token_stats(logits, targets, temperature, ignore_index, 1.0, 0.0, False)[:3]
 
 
 def make_rows(n, vocab, dtype, device, seed=0, row_stride=None):
@@ -70,7 +75,7 @@ def loss_inputs(rows, options, with_old=True, with_ref=True) -> RowLossInputs:
     return RowLossInputs(
         targets=rows["targets"], old_logp=rows["old_logp"] if with_old else None, advantages=rows["advantages"],
         ref_logp=rows["ref_logp"] if with_ref else None, weights=rows["weights"], scale=rows["scale"],
-        **dict(zip(OPTION_NAMES, options)), ignore_index=IGNORE)
+        **dict(zip(OPTION_NAMES, options)), logit_scale=1.0, softcap=0.0, ignore_index=IGNORE)
 
 
 def loss_kwargs(rows, options, with_old=True, with_ref=True):
@@ -114,7 +119,7 @@ def test_build_info():
 def test_token_stats_matches_reference(device, dtype, vocab):
     rows = make_rows(9, vocab, dtype, device, seed=vocab)
     for temperature in (1.0, 0.6):
-        stats = ops().token_stats(rows["logits"], rows["targets"], temperature, IGNORE)
+        stats = token_stats(rows["logits"], rows["targets"], temperature)
         expected = reference.token_stats(rows["logits"].double().cpu(), rows["targets"].cpu(), temperature, IGNORE)
         for name, value, ref in zip(("logp", "energy", "entropy"), stats, expected):
             assert value.dtype == torch.float32 and value.device == device
@@ -191,10 +196,12 @@ def test_empty_batch(device):
     logits = torch.randn(0, 50, device=device)
     empty = torch.empty(0, device=device)
     targets = torch.empty(0, dtype=torch.int64, device=device)
-    logp, energy, entropy = ops().token_stats(logits, targets, 1.0, IGNORE)
-    assert logp.shape == energy.shape == entropy.shape == (0,)
+    for extra_stats in (False, True):
+        outputs = ops().token_stats(logits, targets, 1.0, IGNORE, 1.0, 0.0, extra_stats)
+        assert [o.shape for o in outputs] == [(0,)] * 6
     outputs = ops().policy_loss(logits, targets=targets, old_logp=empty, advantages=empty, ref_logp=None,
-                                weights=empty, scale=empty, temperature=1.0, clip_low=0.2, clip_high=0.2, dual_clip=0.0,
+                                weights=empty, scale=empty, temperature=1.0, logit_scale=1.0, softcap=0.0,
+                                clip_low=0.2, clip_high=0.2, dual_clip=0.0,
                                 kl_coef=0.0, kl_type=3, entropy_coef=0.0, ignore_index=IGNORE,
                                 dlogits=torch.empty_like(logits))
     assert [o.shape for o in outputs] == [(0,)] * 6
@@ -206,7 +213,7 @@ def test_default_and_avx2_kernels_agree(tmp_path):
         "import torch, actfocus_kernels.native as n; torch.manual_seed(0); "
         "z = torch.randn(5, 1003) * 3; y = torch.randint(0, 1003, (5,)); d = torch.empty_like(z); "
         "s = torch.rand(5); o = torch.ops.actfocus_native.policy_loss(z, y, None, torch.randn(5), None, "
-        "torch.ones(5), s, 0.8, 0.2, 0.2, 0.0, 0.0, 3, 0.05, -100, d); "
+        "torch.ones(5), s, 0.8, 1.0, 0.0, 0.2, 0.2, 0.0, 0.0, 3, 0.05, -100, d); "
         "torch.save((n.build_info()['cpu_capability'], o, d), sys.argv[1])"
     )
     results = []
@@ -253,13 +260,13 @@ def bad_calls(device):
         logits = values.pop("logits", z)
         return lambda: ops().policy_loss(logits, **values)
 
-    yield "2-D", lambda: ops().token_stats(z[None], y, 1.0, IGNORE)
-    yield "float32, float16 or bfloat16", lambda: ops().token_stats(z.double(), y, 1.0, IGNORE)
-    yield "contiguous along the vocabulary", lambda: ops().token_stats(z.t().contiguous().t(), y, 1.0, IGNORE)
-    yield "targets must have shape", lambda: ops().token_stats(z, y[:3], 1.0, IGNORE)
-    yield "targets must be Long", lambda: ops().token_stats(z, y.int(), 1.0, IGNORE)
-    yield "temperature", lambda: ops().token_stats(z, y, 0.0, IGNORE)
-    yield "vocabulary of size >= 1", lambda: ops().token_stats(z[:, :0], y, 1.0, IGNORE)
+    yield "2-D", lambda: token_stats(z[None], y, 1.0)
+    yield "float32, float16 or bfloat16", lambda: token_stats(z.double(), y, 1.0)
+    yield "contiguous along the vocabulary", lambda: token_stats(z.t().contiguous().t(), y, 1.0)
+    yield "targets must have shape", lambda: token_stats(z, y[:3], 1.0)
+    yield "targets must be Long", lambda: token_stats(z, y.int(), 1.0)
+    yield "temperature", lambda: token_stats(z, y, 0.0)
+    yield "vocabulary of size >= 1", lambda: token_stats(z[:, :0], y, 1.0)
     yield "advantages must be Float", loss(advantages=rows["advantages"].double())
     yield "weights must have shape", loss(weights=rows["weights"][:2])
     yield "scale must have shape", loss(scale=rows["scale"][None])
@@ -284,7 +291,7 @@ def test_bad_device_raises():
         pytest.skip("needs the CUDA backend")
     rows = make_rows(4, 32, torch.float32, "cuda")
     with pytest.raises(RuntimeError, match="must be on cuda"):
-        ops().token_stats(rows["logits"], rows["targets"].cpu(), 1.0, IGNORE)
+        token_stats(rows["logits"], rows["targets"].cpu(), 1.0)
 
 
 @pytest.mark.parametrize("target", [32, -1, 10**12])
@@ -292,6 +299,6 @@ def test_out_of_range_target_is_value_error(target):
     rows = make_rows(4, 32, torch.float32, "cpu")
     rows["targets"][1] = target
     with pytest.raises(ValueError, match=f"target {target} at position 1"):
-        ops().token_stats(rows["logits"], rows["targets"], 1.0, IGNORE)
+        token_stats(rows["logits"], rows["targets"], 1.0)
     with pytest.raises(ValueError, match=f"target {target} at position 1"):
         ops().policy_loss(rows["logits"], **loss_kwargs(rows, LOSS_OPTIONS["plain"]), dlogits=None)

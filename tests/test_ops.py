@@ -6,7 +6,9 @@ from torch.utils._pytree import tree_map
 
 import actfocus_kernels  # noqa: F401  (registers the ops)
 from actfocus_kernels import ActFocusConfig, PolicyLossConfig, native, policy_loss, token_stats
-from conftest import BACKENDS, DEVICE
+
+from compiled import compare_compiled_step
+from devices import BACKENDS, DEVICE
 from judge import make_batch
 from samples import NATIVE_PREFIX, SAMPLES, op_of, registered_ops
 
@@ -58,21 +60,6 @@ def test_torch_compile_fullgraph(qualname, backend):
         result = compiled(*compiled_args, **compiled_kwargs)
         _assert_same(result, expected)
         _assert_same((compiled_args, compiled_kwargs), (eager_args, eager_kwargs))  # mutated buffers too
-
-
-def compare_compiled_step(step, logits, compiler: str) -> None:
-    """``step(logits) -> (loss, metric)`` compiled with ``fullgraph=True`` equals eager: loss, metric
-    and the logits' gradient."""
-    compiled = torch.compile(step, fullgraph=True, backend=compiler)
-    eager_logits = logits.clone().requires_grad_(True)
-    compiled_logits = logits.clone().requires_grad_(True)
-    eager_loss, eager_metric = step(eager_logits)
-    compiled_loss, compiled_metric = compiled(compiled_logits)
-    eager_loss.backward()
-    compiled_loss.backward()
-    assert torch.allclose(compiled_loss, eager_loss, rtol=1e-6)
-    assert torch.allclose(compiled_metric, eager_metric)
-    assert torch.allclose(compiled_logits.grad, eager_logits.grad, rtol=1e-6, atol=1e-9)
 
 
 def check_compiled_step(backend, device, compiler):

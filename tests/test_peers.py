@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from actfocus_kernels import PolicyLossConfig, policy_loss
+
 from judge import make_batch
 
 liger_grpo = pytest.importorskip("liger_kernel.transformers.grpo_loss", reason="liger-kernel not installed")

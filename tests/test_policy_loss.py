@@ -13,8 +13,9 @@ from actfocus_kernels import (
     policy_loss,
     token_stats,
 )
+from actfocus_kernels.testing import GRAD_RTOL, OUTPUT_RTOL, assert_rel_close
+
 from judge import judge_policy_loss, make_batch
-from tolerances import GRAD_RTOL, OUTPUT_RTOL, assert_rel_close
 
 CONFIGS = {
     "default": PolicyLossConfig(),
@@ -75,7 +76,7 @@ def test_dtypes_and_odd_vocab(backend, device, vocab, dtype):
 
 def test_weights_and_per_sequence_advantages(backend, device):
     batch = make_batch(3, 5, 300, device=device, seed=4, per_seq_advantages=True)
-    # seeded: an unseeded draw depended on the tests run before it
+    # seeded, so that the draw does not depend on the tests run before it
     weights = (torch.rand(3, 5, generator=torch.Generator().manual_seed(4)) * 2).to(device)
     out, _ = check_against_judge(batch, backend, PolicyLossConfig(dual_clip=2.0), weights=weights)
     assert torch.equal(out.weights, torch.where(batch["loss_mask"].bool(), weights, 0.0))

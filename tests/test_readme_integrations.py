@@ -1,4 +1,5 @@
-"""The README's "Use with TRL" and "Use with verl" snippets run as written (at most 10 lines each).
+"""The README's "Use with TRL", "Use with verl" and "Use with OpenRLHF" snippets run as written (at most
+10 lines each; OpenRLHF's with torch alone).
 
 The only substitution: the TRL snippet's Hub model id becomes a local directory holding a tiny
 random Qwen2 and its tokenizer (``toy_lm``), so that nothing is downloaded.
@@ -7,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from toy_lm import toy_model_dir, toy_tokenizer
 
@@ -23,7 +25,7 @@ def snippet(section: str) -> str:
     return match.group(1)
 
 
-@pytest.mark.parametrize("section", ["Use with TRL", "Use with verl"])
+@pytest.mark.parametrize("section", ["Use with TRL", "Use with verl", "Use with OpenRLHF"])
 def test_snippet_is_short(section):
     assert len(snippet(section).strip().splitlines()) <= 10
 
@@ -50,3 +52,12 @@ def test_use_with_verl_runs():
     assert "actfocus" in POLICY_LOSS_REGISTRY
     weights = namespace["batch"]["rollout_is_weights"]
     assert weights.shape == (2, 6) and float(weights.max()) > 0
+
+
+def test_use_with_openrlhf_runs():
+    namespace = {}
+    exec(compile(snippet("Use with OpenRLHF"), "README: Use with OpenRLHF", "exec"), namespace)
+    grad = namespace["log_probs"].grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+    assert namespace["vllm_kl"] is None and namespace["is_filter_ratio"] is None
+    assert torch.isfinite(namespace["loss"]) and 0 <= float(namespace["clip_ratio"]) <= 1

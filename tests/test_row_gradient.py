@@ -6,8 +6,9 @@ import torch
 
 from actfocus_kernels.contract import RowGradientInputs
 from actfocus_kernels.ops.routing import row_kernels
+from actfocus_kernels.testing import GRAD_RTOL, assert_rel_close
+
 from judge import judge_stats
-from tolerances import GRAD_RTOL, assert_rel_close
 
 IGNORE = -100
 
@@ -41,8 +42,8 @@ def test_matches_float64_autograd(backend, device, dtype, temperature):
     targets = torch.randint(0, vocab, (n,), generator=g).to(device)
     targets[5] = IGNORE  # energy and entropy still have a gradient, no one-hot term
     a, b, h = coefficients(n, device, seed=n)
-    inputs = RowGradientInputs(targets=targets, target_coef=a, prob_coef=b, entropy_coef=h,
-                               temperature=temperature, ignore_index=IGNORE)
+    inputs = RowGradientInputs(targets=targets, target_coef=a, prob_coef=b, centred_coef=h,
+                               temperature=temperature, logit_scale=1.0, softcap=0.0, ignore_index=IGNORE)
     dlogits = torch.full_like(logits, float("nan"))
     row_kernels(backend).row_gradient(logits, inputs, dlogits)
     active = torch.arange(n, device=device) != 2
@@ -57,8 +58,8 @@ def test_in_place(backend, device):
     logits = torch.randn(4, 50, device=device)
     targets = torch.randint(0, 50, (4,), device=device)
     a, b, h = (torch.randn(4, device=device) for _ in range(3))
-    inputs = RowGradientInputs(targets=targets, target_coef=a, prob_coef=b, entropy_coef=h, temperature=1.0,
-                               ignore_index=IGNORE)
+    inputs = RowGradientInputs(targets=targets, target_coef=a, prob_coef=b, centred_coef=h, temperature=1.0,
+                               logit_scale=1.0, softcap=0.0, ignore_index=IGNORE)
     expected = judge_row_gradient(logits.cpu(), targets.cpu(), a.cpu(), b.cpu(), h.cpu(), 1.0)
     row_kernels(backend).row_gradient(logits, inputs, logits)
     assert_rel_close(logits.cpu(), expected, GRAD_RTOL[torch.float32], "in-place dlogits")

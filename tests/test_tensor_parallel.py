@@ -7,23 +7,17 @@ case (``tp_checks``: processes are the slow part)."""
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from actfocus_kernels import native, policy_loss, token_stats
 from actfocus_kernels.data_parallel import global_counts
-from conftest import BACKENDS
+from benchmarks import bench_tensor_parallel, tp_nccl_check
+
+from devices import BACKENDS
 from distributed import run_ranks
 from tp_checks import every_check
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import bench_tensor_parallel, tp_nccl_check  # noqa: E402
 
 
 def cpu_backends() -> tuple[str, ...]:

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from actfocus_kernels import token_stats
+from actfocus_kernels.testing import OUTPUT_RTOL, assert_rel_close
+
 from judge import judge_stats
-from tolerances import OUTPUT_RTOL, assert_rel_close
 
 
 def check(logits, targets, temperature, backend, ignore_index=-100):

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from actfocus_kernels import ActFocusConfig, PolicyLossConfig, linear_policy_loss, policy_loss
+from actfocus_kernels.testing import GRAD_RTOL, OUTPUT_RTOL, assert_rel_close
 from actfocus_kernels.variants import is_fused
+
+from compiled import compare_compiled_step
 from judge import judge_policy_loss, make_batch
-from test_linear import judge_linear, leaves, linear_batch
-from test_ops import compare_compiled_step
-from tolerances import GRAD_RTOL, OUTPUT_RTOL, assert_rel_close
+from linear_judge import judge_linear, leaves, linear_batch
 
 # parameters chosen so that every clip / selection branch fires on the test batches
 VARIANTS = {
@@ -33,6 +34,13 @@ VARIANTS = {
     "kl-k1+": PolicyLossConfig(kl_coef=0.1, kl_type="k1+"),
     "kl-k3+": PolicyLossConfig(kl_coef=0.1, kl_type="k3+"),
     "kl-low_var_kl": PolicyLossConfig(kl_coef=0.1, kl_type="low_var_kl"),
+    "kl-abs+": PolicyLossConfig(kl_coef=0.1, kl_type="abs+"),
+    # the bias-corrected KL multiplies the token ratio, not these policies' sequence ratios
+    "gmpo-bias-corrected": PolicyLossConfig(policy="gmpo", clip_low=0.3, clip_high=0.3, kl_coef=0.1,
+                                            kl_bias_correction=True),
+    "gspo_token-bias-corrected": PolicyLossConfig(policy="gspo_token", clip_low=0.05, clip_high=0.05, kl_coef=0.1,
+                                                  kl_bias_correction=True),
+    "vespo-bias-corrected": PolicyLossConfig(policy="vespo", norm_tokens=17.0, kl_coef=0.1, kl_bias_correction=True),
     "trl-bias-corrected-k3": PolicyLossConfig(kl_coef=0.1, kl_bias_correction=True, agg="seq-mean-token-mean"),
     "trl-gspo-bias-corrected": PolicyLossConfig(policy="gspo", kl_coef=0.1, kl_bias_correction=True),
     "trl-entropy-token-mean": PolicyLossConfig(agg="seq-mean-token-sum", entropy_coef=0.05, entropy_agg="token-mean"),
@@ -217,7 +225,7 @@ def test_variant_compiles_fullgraph(device, name):
 
 @pytest.mark.parametrize("field, value, message", [
     ("policy", "bypass_mode", "policy must be one of"),
-    ("delta", 0.0, "delta must be > 0"),
+    ("delta", 1.0, "delta must be > 1"),
     ("sapo_tau_neg", -1.0, "sapo_tau_neg must be > 0"),
     ("entropy_agg", "seq-mean", "entropy_agg must be one of"),
     ("empty_seqs", "drop", "empty_seqs must be one of"),
@@ -230,7 +238,7 @@ def test_variant_config_validation(field, value, message):
 
 
 def test_variant_options_that_do_not_combine_are_errors():
-    with pytest.raises(ValueError, match="dual_clip is a policy='ppo' option"):
-        PolicyLossConfig(policy="gspo", dual_clip=3.0)
+    with pytest.raises(ValueError, match="dual_clip is a policy 'ppo' or 'gspo' option"):
+        PolicyLossConfig(policy="sapo", dual_clip=3.0)
     with pytest.raises(ValueError, match="delta caps the ratio"):
         PolicyLossConfig(policy="sapo", delta=2.0)

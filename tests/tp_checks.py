@@ -5,24 +5,25 @@ errors every rank must raise alike, and the data-parallel counts."""
 from __future__ import annotations
 
 import contextlib
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 
-from actfocus_kernels import (ActFocusConfig, PolicyLossConfig, linear_policy_loss, linear_token_stats, policy_loss,
-                              token_stats)
+from actfocus_kernels import (
+    ActFocusConfig,
+    PolicyLossConfig,
+    compat,
+    linear_policy_loss,
+    linear_token_stats,
+    policy_loss,
+    token_stats,
+)
 from actfocus_kernels.data_parallel import global_counts
+from actfocus_kernels.testing import GRAD_RTOL, OUTPUT_RTOL, assert_rel_close
+from benchmarks.megatron_vocab_parallel import VocabParallelCrossEntropy
+
 from judge import make_batch
-from tolerances import GRAD_RTOL, OUTPUT_RTOL, assert_rel_close
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.megatron_vocab_parallel import VocabParallelCrossEntropy  # noqa: E402
 
 TEMPERATURE = 0.8
 IGNORE = -100
@@ -37,7 +38,8 @@ def block(tensor: torch.Tensor, rank: int, world_size: int, dim: int) -> torch.T
 def counted_collectives():
     """Counts calls of the collectives the library uses, by name."""
     counts = {"all_gather_single": 0, "all_reduce": 0}
-    originals = {name: getattr(dist, name) for name in counts}
+    owners = {"all_gather_single": compat, "all_reduce": dist}  # compat: torch 2.11 has no dist.all_gather_single
+    originals = {name: getattr(owners[name], name) for name in counts}
 
     def counting(name):
         def call(*args, **kwargs):
@@ -46,12 +48,12 @@ def counted_collectives():
         return call
 
     for name in counts:
-        setattr(dist, name, counting(name))
+        setattr(owners[name], name, counting(name))
     try:
         yield counts
     finally:
         for name, original in originals.items():
-            setattr(dist, name, original)
+            setattr(owners[name], name, original)
 
 
 def incoming(shape, seed):
@@ -145,6 +147,19 @@ def check_errors(rank, world_size):
     other = targets.clone()
     other[0, 0] = rank
     raises_everywhere("target checksums differ", lambda: token_stats(shard, other, tp_group=group))
+    # a check only one rank fails (before the collective): it still takes part, so every rank raises
+    lone = r"rejected their input|{}"
+    raises_everywhere(lone.format(r"outside \[0, 24\)"), lambda: token_stats(
+        shard, torch.where(torch.tensor(rank == 1), torch.full_like(targets, 24), targets), tp_group=group))
+    raises_everywhere(lone.format("empty vocabulary"), lambda: token_stats(
+        shard[..., :0] if rank == 1 else shard, targets, tp_group=group))
+    ones, mask = torch.ones(targets.shape), torch.ones(targets.shape)
+    mask[0, 0] = -1.0 if rank == 1 else 1.0
+    raises_everywhere(lone.format("loss_mask must be finite"), lambda: policy_loss(
+        shard, targets, None, ones, mask, tp_group=group))
+    hidden, weight = torch.randn(2, 5, 4), torch.randn(24 // world_size, 4)
+    with pytest.raises((ValueError, TypeError), match=lone.format("weight dtype")):
+        linear_token_stats(hidden, weight.double() if rank == 1 else weight, targets, tp_group=group)
     # the group still works afterwards
     stats = token_stats(shard, targets, tp_group=group)
     assert_rel_close(stats.energy, token_stats(logits, targets).energy, OUTPUT_RTOL, "energy after errors")
@@ -312,6 +327,7 @@ def check_verl_fused_forward(rank, world_size):
     equals the whole model's: per-token outputs, the backbone's gradients (the gradient of the
     hidden states is all-reduced) and its own rows of the head's gradient."""
     from actfocus_kernels.integrations import verl as af_verl
+
     from toy_lm import toy_model
 
     vocab = 4 * 5  # divisible by 2 and 4 ranks
@@ -358,6 +374,43 @@ def check_non_finite_rows(rank, world_size, backend):
     assert not torch.isfinite(out.loss), "an active NaN row must propagate"
 
 
+def check_transforms_and_extras(rank, world_size, backend):
+    """SPEC 10 under tp_group: the transformed statistics, the extras (``is_top1`` decided across the
+    blocks, a tie at the maximum going to the first index) and the loss with their gradients equal the
+    unsharded op's; the linear path with an fp32 head too."""
+    group = dist.group.WORLD
+    logits, targets = stats_batch(world_size, 24, seed=8)
+    logits[0, 2] *= 20  # far into the cap's saturation: ties of s across the blocks
+    targets[1, 1] = int(logits[1, 1].argmax())  # a target at the row's maximum
+    transform = dict(logit_scale=1.3, softcap=5.0)
+    full = logits.clone().requires_grad_(True)
+    expected = token_stats(full, targets, TEMPERATURE, backend, extra_stats=True, **transform)
+    grads = incoming(targets.shape, 9)
+    backward_of(expected[:3], grads)
+    shard = block(logits, rank, world_size, -1).requires_grad_(True)
+    ours = token_stats(shard, targets, TEMPERATURE, backend, extra_stats=True, tp_group=group, **transform)
+    backward_of(ours[:3], grads)
+    for name in ("logp", "energy", "entropy", "log_sum_sq_probs", "mean_logits"):
+        assert_rel_close(getattr(ours, name), getattr(expected, name), OUTPUT_RTOL, f"tp {backend} {name}")
+    assert torch.equal(ours.is_top1, expected.is_top1) and bool(expected.is_top1.any())
+    assert_rel_close(shard.grad, block(full.grad, rank, world_size, -1), GRAD_RTOL[torch.float32], "tp grad")
+    batch = make_batch(3, 6, 24, seed=11)
+    per_token = [batch[k] for k in ("targets", "old_logp", "advantages", "loss_mask")]
+    cfg = PolicyLossConfig(clip_high=0.28, temperature=TEMPERATURE)
+    unsharded = policy_loss(batch["logits"], *per_token, cfg=cfg, backend=backend, **transform)
+    sharded = policy_loss(block(batch["logits"], rank, world_size, -1), *per_token, cfg=cfg, backend=backend,
+                          tp_group=group, **transform)
+    assert_rel_close(sharded.loss, unsharded.loss, OUTPUT_RTOL, "tp loss with transform")
+    g = torch.Generator().manual_seed(10)
+    hidden, weight = torch.randn(2, 5, 8, generator=g).bfloat16(), torch.randn(24, 8, generator=g).bfloat16()
+    whole = linear_token_stats(hidden, weight, targets, TEMPERATURE, backend=backend, extra_stats=True,
+                               logits_dtype=torch.float32, **transform)
+    split = linear_token_stats(hidden, block(weight, rank, world_size, 0), targets, TEMPERATURE, backend=backend,
+                               extra_stats=True, logits_dtype=torch.float32, tp_group=group, **transform)
+    assert_rel_close(split.logp, whole.logp, OUTPUT_RTOL, "tp linear logp")
+    assert torch.equal(split.is_top1, whole.is_top1)
+
+
 def every_check(rank, world_size, backends):
     for backend in backends:
         check_logits_path(rank, world_size, backend, torch.float32)
@@ -377,3 +430,4 @@ def every_check(rank, world_size, backends):
     check_verl_fused_forward(rank, world_size)
     for backend in backends:
         check_non_finite_rows(rank, world_size, backend)
+        check_transforms_and_extras(rank, world_size, backend)

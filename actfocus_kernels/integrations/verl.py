@@ -6,8 +6,9 @@ each verl mode the library's variants cover (``VERL_MODES``: verl mode -> ``Poli
 Each has verl's signature ``(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config,
 rollout_is_weights) -> (loss, metrics)``, reads verl's ``ActorConfig`` (clip ratios, ``clip_ratio_c``,
 ``tau_pos`` / ``tau_neg``, ``policy_loss.*``) and ``config.global_batch_info``, and computes
-``actfocus_kernels.variants.objective`` on the log-probs: equal to verl's own function (values and
-gradients with respect to ``log_prob``).
+``actfocus_kernels.variants.objective`` on the log-probs: equal to verl's own function (values,
+gradients with respect to ``log_prob``, and the metrics, ``verl_metrics``). Its inputs are checked
+first (``verl_inputs``): each equals verl's reading of it or is an error naming the argument.
 
 verl hands a registered loss log-probs only, so ActFocus enters as token weights: verl multiplies
 its policy term by ``rollout_is_weights``, and ``actfocus_rollout_weights`` folds the ActFocus
@@ -41,9 +42,20 @@ from verl.trainer.ppo.core_algos import register_policy_loss
 
 from ..api import actfocus_weights
 from ..config import ActFocusConfig, PolicyLossConfig, TokenStats
+from ..layout import TokenLayout
 from ..linear import linear_token_stats
-from ..rows import check, flatten_rows
-from ..variants import TokenTerms, objective
+from ..rows import check
+from ..variants import Objective, TokenTerms, objective
+from .verl_inputs import (
+    VerlBatch,
+    check_is_tensor,
+    info_number,
+    per_token,
+    required_when_sharded,
+    response_shape,
+    verl_batch,
+)
+from .verl_metrics import verl_metrics
 
 #: verl 0.9.1 loss mode -> the library's policy (bypass_mode, a dispatcher over rollout corrections, is not
 #: covered)
@@ -55,42 +67,66 @@ VERL_MODES = {"vanilla": "ppo", "dppo_tv": "dppo_tv", "dppo_kl": "dppo_kl", "gsp
 @dataclass(frozen=True)
 class VerlAggregation:
     """verl's ``agg_loss(loss_agg_mode, **global_batch_info)`` as ``PolicyLossConfig`` fields, and the
-    factor the loss is multiplied by (``token-sum``'s ``dp_size``)."""
+    factor the loss is multiplied by (``token-sum``'s ``dp_size``, ``1 / loss_scale_factor``)."""
 
     fields: dict
     factor: float
 
 
 def verl_aggregation(loss_agg_mode: str, info: dict) -> VerlAggregation:
-    """With ``dp = dp_size``: ``token-mean`` -> ``norm_tokens = batch_num_tokens / dp`` (local token
+    """verl's aggregation as ``PolicyLossConfig`` fields.
+
+    With ``dp = dp_size``: ``token-mean`` -> ``norm_tokens = batch_num_tokens / dp`` (local token
     count when absent); ``token-sum`` -> ``token-sum`` times ``dp``; the ``seq-mean-*`` modes ->
-    ``norm_seqs = global_batch_size / dp`` (absent: the non-empty sequences, ``empty_seqs="skip"``),
-    ``seq-mean-token-sum-norm`` with ``norm_len = loss_scale_factor`` (absent: the padded length)."""
-    dp = float(info.get("dp_size") or 1)
-    tokens, seqs, scale = (info.get(k) for k in ("batch_num_tokens", "global_batch_size", "loss_scale_factor"))
+    ``norm_seqs = global_batch_size / dp`` (absent: the non-empty sequences, ``empty_seqs="skip"``);
+    ``seq-mean-token-sum-norm`` divides by ``loss_scale_factor`` (absent: ``norm_len``, the padded
+    length). ``verl_inputs`` checks ``info`` (the missing normalisers verl requires at ``dp > 1``).
+
+    Args:
+        loss_agg_mode: verl's ``loss_agg_mode``.
+        info: verl's ``config.global_batch_info``.
+
+    Returns:
+        The ``VerlAggregation``.
+    """
+    dp = info_number(info, "dp_size", integer=True) or 1.0
+    tokens, seqs, scale = (info_number(info, k) for k in ("batch_num_tokens", "global_batch_size",
+                                                          "loss_scale_factor"))
     if loss_agg_mode == "token-mean":
-        return VerlAggregation(dict(agg="token-mean", norm_tokens=None if tokens is None else float(tokens) / dp), 1.0)
+        required_when_sharded(tokens, "batch_num_tokens", dp, loss_agg_mode)
+        return VerlAggregation(dict(agg="token-mean", norm_tokens=None if tokens is None else tokens / dp), 1.0)
     if loss_agg_mode == "token-sum":
         return VerlAggregation(dict(agg="token-sum"), dp)
     check(loss_agg_mode in ("seq-mean-token-sum", "seq-mean-token-sum-norm", "seq-mean-token-mean"),
           f"unknown verl loss_agg_mode {loss_agg_mode!r}")
-    fields = dict(agg=loss_agg_mode, norm_seqs=None if seqs is None else float(seqs) / dp, empty_seqs="skip")
+    required_when_sharded(seqs, "global_batch_size", dp, loss_agg_mode)
+    fields = dict(agg=loss_agg_mode, norm_seqs=None if seqs is None else seqs / dp, empty_seqs="skip")
     if loss_agg_mode == "seq-mean-token-sum-norm" and scale is not None:
-        fields["norm_len"] = int(scale)
+        return VerlAggregation(dict(fields, agg="seq-mean-token-sum"), 1.0 / scale)
     return VerlAggregation(fields, 1.0)
 
 
 def verl_policy_config(mode: str, loss_agg_mode: str, config) -> tuple[PolicyLossConfig, float]:
-    """The ``PolicyLossConfig`` (and loss factor) of verl's ``mode`` under verl's ``ActorConfig``."""
+    """The ``PolicyLossConfig`` (and loss factor) of verl's ``mode`` under verl's ``ActorConfig``.
+
+    Args:
+        mode: a ``VERL_MODES`` key.
+        loss_agg_mode: verl's ``loss_agg_mode`` (sapo and geo_mean ignore it, as verl does).
+        config: verl's ``ActorConfig``.
+
+    Returns:
+        ``(cfg, factor)``: the loss is ``factor`` times the loss of ``cfg``.
+    """
     check(mode in VERL_MODES, f"verl loss mode {mode!r} is not covered (covered: {', '.join(VERL_MODES)})")
     check(config is not None, "verl passes its ActorConfig as config; got None")
     low = config.clip_ratio_low if config.clip_ratio_low is not None else config.clip_ratio
     high = config.clip_ratio_high if config.clip_ratio_high is not None else config.clip_ratio
     losses = config.policy_loss
     # sapo aggregates by seq-mean-token-mean whatever the mode; geo_mean averages its rows itself
-    agg = verl_aggregation("seq-mean-token-mean" if mode == "sapo" else loss_agg_mode, config.global_batch_info)
     if mode == "geo_mean":
         agg = VerlAggregation({}, 1.0)
+    else:
+        agg = verl_aggregation("seq-mean-token-mean" if mode == "sapo" else loss_agg_mode, config.global_batch_info)
     extra = {
         "vanilla": dict(dual_clip=config.get("clip_ratio_c", 3.0)),
         "dppo_tv": dict(dppo_ratio_cap=config.get("clip_ratio_c", 20.0)),
@@ -105,47 +141,37 @@ def verl_policy_config(mode: str, loss_agg_mode: str, config) -> tuple[PolicyLos
     return cfg, agg.factor
 
 
-def logp_policy_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, response_mask: Tensor,
-                     weights: Optional[Tensor], cfg: PolicyLossConfig) -> tuple[Tensor, dict[str, Any]]:
-    """The loss of ``cfg`` (``variants.objective``) on per-token log-probs ``[B, L]`` (differentiable
-    in ``log_prob``), ``weights`` on the policy term, and verl-style metrics: ``actor/ppo_kl`` (mean of
-    ``old - logp`` over the mask), ``actor/pg_clipfrac`` (the share of tokens whose term a clip or a
-    selection rule changed), plus ``actfocus/weight_mean`` when weights are given."""
-    shape = tuple(log_prob.shape)
-    rows = flatten_rows(log_prob.new_zeros(shape + (1,)), log_prob.new_zeros(shape, dtype=torch.int64), None,
-                        "reference")
+def logp_objective(batch: VerlBatch, cfg: PolicyLossConfig) -> Objective:
+    """``variants.objective`` of ``cfg`` on verl's per-token log-probs (differentiable in
+    ``batch.log_prob``), ``batch.weights`` on the policy term."""
+    rows = TokenLayout.of(tuple(batch.log_prob.shape), batch.log_prob.device)
+
     def flat(x: Tensor) -> Tensor:
         return x.reshape(-1).to(torch.float32)
 
-    m = flat(response_mask)
-    flat_weights = None if weights is None else flat(weights.detach())
+    m = flat(batch.response_mask)
+    weights = None if batch.weights is None else flat(batch.weights.detach())
     terms = TokenTerms(
-        logp=flat(log_prob), entropy=torch.zeros_like(m), old_logp=flat(old_log_prob.detach()),
-        advantages=flat(advantages.detach()), ref_logp=None,
-        weights=torch.ones_like(m) if flat_weights is None else flat_weights, weighted=flat_weights is not None,
+        logp=flat(batch.log_prob), entropy=torch.zeros_like(m), old_logp=flat(batch.old_log_prob.detach()),
+        advantages=flat(batch.advantages.detach()), ref_logp=None,
+        weights=torch.ones_like(m) if weights is None else weights, weighted=weights is not None,
         multiplier=m, rows=rows)
-    out = objective(terms, cfg)
-    active = m.sum().clamp(min=1.0)
-    metrics = {
-        "actor/ppo_kl": float((m * (terms.old_logp - terms.logp.detach())).sum() / active),
-        "actor/pg_clipfrac": float((m * out.clipped.float()).sum() / active),
-    }
-    if flat_weights is not None:
-        metrics["actfocus/weight_mean"] = float((m * flat_weights).sum() / active)
-    return out.loss, metrics
+    return objective(terms, cfg)
 
 
 def _registered_loss(mode: str):
     def policy_loss_fn(old_log_prob: Tensor, log_prob: Tensor, advantages: Tensor, response_mask: Tensor,
                        loss_agg_mode: str = "token-mean", config=None,
                        rollout_is_weights: Optional[Tensor] = None) -> tuple[Tensor, dict[str, Any]]:
+        batch = verl_batch(old_log_prob, log_prob, advantages, response_mask, rollout_is_weights)
         cfg, factor = verl_policy_config(mode, loss_agg_mode, config)
-        loss, metrics = logp_policy_loss(log_prob, old_log_prob, advantages, response_mask, rollout_is_weights, cfg)
-        return loss * factor, metrics
+        out = logp_objective(batch, cfg)
+        return out.loss * factor, verl_metrics(mode, batch, out, cfg)
 
     policy_loss_fn.__name__ = f"actfocus_{mode}"
     policy_loss_fn.__doc__ = (f"verl's ``{mode}`` policy loss computed by actfocus_kernels (policy "
-                              f"``{VERL_MODES[mode]}``), weighted by ``rollout_is_weights``.")
+                              f"``{VERL_MODES[mode]}``), weighted by ``rollout_is_weights``: verl's signature, "
+                              f"loss, gradient and metrics (``verl_metrics``); inputs checked by ``verl_batch``.")
     return policy_loss_fn
 
 
@@ -160,35 +186,60 @@ def actfocus_rollout_weights(response_mask: Tensor, action_mask: Tensor, cfg: Ac
                              old_entropy: Optional[Tensor] = None,
                              rollout_is_weights: Optional[Tensor] = None) -> Tensor:
     """``rollout_is_weights`` (1 when None) times the ActFocus weights (SPEC section 3) of the rollout
-    statistics, ``[B, response_length]``: the uncertainty ``cfg.uncertainty`` names is taken from
-    ``old_energy``, ``old_entropy`` or ``-old_log_probs``, which must be given."""
+    statistics, ``[B, response_length]``.
+
+    Args:
+        response_mask: ``[B, L]`` response mask.
+        action_mask: ``[B, L]``, 1 on action tokens.
+        cfg: the ``ActFocusConfig``; ``cfg.uncertainty`` names the statistic used.
+        old_log_probs: ``[B, L]`` rollout log-probs (``uncertainty="nll"`` uses ``-old_log_probs``).
+        old_energy: ``[B, L]`` rollout energies (``uncertainty="energy"``).
+        old_entropy: ``[B, L]`` rollout entropies (``uncertainty="entropy"``).
+        rollout_is_weights: None, ``[B, L]`` or per sequence ``[B, 1]`` (a ``[B]`` tensor is an error,
+            even when ``B == L``).
+
+    Returns:
+        The ``[B, L]`` weights for verl's ``rollout_is_weights``.
+    """
     sources = {"energy": ("old_energy", old_energy), "entropy": ("old_entropy", old_entropy),
                "nll": ("old_log_probs", old_log_probs)}
     name, given = sources[cfg.uncertainty]
     check(given is not None, f"ActFocusConfig(uncertainty={cfg.uncertainty!r}) needs {name}")
+    named = {"response_mask": response_mask, "action_mask": action_mask, name: given}
+    for key, value in named.items():
+        check_is_tensor(key, value)
+    shape = response_shape(named)
     zeros = torch.zeros_like(given, dtype=torch.float32)
     stats = TokenStats(*(zeros if x is None else x.float() for x in (old_log_probs, old_energy, old_entropy)))
     weights = actfocus_weights(stats, response_mask, action_mask, cfg)
-    return weights if rollout_is_weights is None else weights * rollout_is_weights
+    if rollout_is_weights is None:
+        return weights
+    return weights * per_token("rollout_is_weights", rollout_is_weights, shape)
 
 
 @dataclass
 class CausalLMOutputForActFocus(CausalLMOutputForPPO):
-    """verl's fused-forward output plus the per-token ``energy = -T logsumexp(z / T)``."""
+    """verl's fused-forward output plus the per-token ``energy = -T logsumexp(z / T)`` and, when asked,
+    ``sum_pi_squared`` (verl's ``calculate_sum_pi_squared_from_logits`` of the tempered logits)."""
 
     energy: Optional[torch.FloatTensor] = None
+    sum_pi_squared: Optional[torch.FloatTensor] = None
 
 
 def forward_with_actfocus_backend(self, input_ids=None, attention_mask=None, position_ids=None,
                                   past_key_values=None, inputs_embeds=None, labels=None, use_cache=None,
                                   output_attentions=None, output_hidden_states=None, return_dict=None,
                                   cache_position=None, logits_to_keep=0, temperature: float = 1.0,
-                                  shift_labels=None, **loss_kwargs) -> CausalLMOutputForActFocus:
+                                  shift_labels=None, calculate_sum_pi_squared: bool = False,
+                                  **loss_kwargs) -> CausalLMOutputForActFocus:
     """verl's ``forward_with_torch_backend`` with ``linear_token_stats``: per position t the
     statistics of the logits ``z_t = h_t @ lm_head.weight.T (+ bias)`` at its next token (the rolled
     labels, or ``shift_labels``): ``log_probs``, ``entropy`` and ``energy``, differentiable in the
-    hidden states and the LM head, ``[B, L]`` like the input ids. A model patched with a ``tp_group``
-    (``patch_forward_with_actfocus``) holds its rank's rows of a vocab-parallel LM head (SPEC 8)."""
+    hidden states and the LM head, ``[B, L]`` like the input ids; with ``calculate_sum_pi_squared``
+    (verl's ``actor.calculate_sum_pi_squared``, which verl's own fused kernels refuse) also
+    ``sum_pi_squared = sum_v p_v^2`` of the tempered logits (``exp(log_sum_sq_probs)``, the same pass).
+    A model patched with a ``tp_group`` (``patch_forward_with_actfocus``) holds its rank's rows of a
+    vocab-parallel LM head (SPEC 8)."""
     outputs = forward_base_model(self, input_ids=input_ids, attention_mask=attention_mask,
                                  position_ids=position_ids, past_key_values=past_key_values,
                                  inputs_embeds=inputs_embeds, use_cache=use_cache,
@@ -207,8 +258,11 @@ def forward_with_actfocus_backend(self, input_ids=None, attention_mask=None, pos
     head = self.lm_head
     hidden = outputs[0].to(head.weight.dtype)
     stats = linear_token_stats(hidden, head.weight, targets.to(torch.int64), float(temperature), bias=head.bias,
+                               extra_stats=calculate_sum_pi_squared,
                                tp_group=getattr(self, "_actfocus_tp_group", None))
+    sum_pi_squared = torch.exp(stats.log_sum_sq_probs) if calculate_sum_pi_squared else None
     return CausalLMOutputForActFocus(log_probs=stats.logp, entropy=stats.entropy, energy=stats.energy,
+                                     sum_pi_squared=sum_pi_squared,
                                      past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states,
                                      attentions=outputs.attentions)
 

@@ -9,4 +9,5 @@ from . import actfocus_weights, linear, policy_loss, row_gradient, token_stats
 from .policy_loss import InplaceGradPolicyLoss
 from .token_stats import InplaceGradTokenStats
 
-__all__ = ["InplaceGradPolicyLoss", "InplaceGradTokenStats", "actfocus_weights", "linear", "policy_loss", "row_gradient", "token_stats"]
+__all__ = ["InplaceGradPolicyLoss", "InplaceGradTokenStats", "actfocus_weights", "linear", "policy_loss",
+           "row_gradient", "token_stats"]

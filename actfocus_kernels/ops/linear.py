@@ -1,14 +1,17 @@
 """``actfocus::linear_token_stats`` and ``actfocus::linear_policy_loss``: the fused linear path on
-rows ``hidden [N, H]``, ``weight [V, H]``, ``bias [V]?``; the logits ``z = hidden @ weight.T + bias``
-are never materialised beyond one chunk (docs/linear.md).
+rows ``hidden [N, H]`` and the LM head ``head_weight [V, H]``, ``head_bias [V]?`` (``weights`` are the
+token weights); the logits ``z = hidden @ head_weight.T + head_bias`` are never materialised beyond one
+chunk (docs/linear.md).
 
 Tokens go ``chunk`` rows at a time. For rows ``c``:
 
-    logits_c = hidden_c @ weight.T + bias          [chunk, V], in the hidden dtype (one GEMM)
+    logits_c = hidden_c @ weight.T + bias          [chunk, V], in ``logits_dtype`` (one GEMM; None:
+                                                   the hidden dtype, float32: fp32 from a half head)
     row kernel (the backend's ``policy_loss``)     the rows' outputs, and the buffer overwritten
-                                                   IN PLACE by G_c = d loss / d z
+                                                   IN PLACE by G_c = d loss / d z (transform included)
     grad_hidden[c] = G_c @ weight                  (second GEMM, written once per row)
-    grad_weight  += G_c.T @ hidden_c               (third GEMM, accumulated, ``addmm_``)
+    grad_weight  += G_c.T @ hidden_c               (third GEMM, accumulated, ``addmm_``; inactive
+                                                   rows of hidden_c zeroed so a NaN there stays out)
     grad_bias    += G_c.sum(0)                     (fp32 accumulator)
 
 so the arithmetic is the three GEMMs of the naive ``hidden @ weight.T`` + loss + backward, and the
@@ -18,17 +21,17 @@ forward for a unit incoming gradient and backward only rescales them, once.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-from ..contract import LossOpOutputs, RowLossInputs, RowLossOutputs
+from ..contract import LossOpOutputs, RowLossInputs, RowLossOutputs, TokenStatsInputs, TokenStatsOutputs
 from .policy_loss import scaled_gradient
 from .registry import define_op
-from .routing import row_kernels
-from .row_gradient import gradient_of_stats
-from .token_stats import per_token_outputs
+from .routing import check_transform, row_kernels
+from .row_gradient import active_rows, stats_gradient_inputs
+from .token_stats import DIFFERENTIABLE, empty_stats, per_token_outputs, run_token_stats
 
 # --- chunk policy ------------------------------------------------------------------------------
 
@@ -46,7 +49,8 @@ ROW_ALIGN = 128  # chunk sizes above this are multiples of it (GEMM tiles)
 def chunk_rows(num_rows: int, vocab: int, dtype: torch.dtype, device: torch.device, backend: str) -> int:
     """Tokens per chunk when the caller gives none.
 
-    A chunk costs ``vocab`` logits of ``dtype`` per token (the buffer becomes the gradient in place;
+    A chunk costs ``vocab`` logits of ``dtype`` per token (the chunk logits' dtype: 4 bytes each with
+    ``logits_dtype=float32``; the buffer becomes the gradient in place;
     the plain-torch "reference" kernel adds its fp32 temporaries). The byte budget is
     ``CPU_CHUNK_BYTES`` on CPU, and ``min(GPU_CHUNK_BYTES, GPU_FREE_FRACTION * free)`` on a GPU, where
     free counts ``torch.cuda.mem_get_info`` plus what the caching allocator holds unused. Large chunks
@@ -71,106 +75,180 @@ def chunk_rows(num_rows: int, vocab: int, dtype: torch.dtype, device: torch.devi
     return balanced
 
 
-def _chunks(num_rows: int, chunk_size: int, vocab: int, hidden: Tensor, backend: str):
-    """``(start, end)`` row ranges; ``chunk_size == 0`` is chosen by ``chunk_rows``."""
-    step = chunk_size or chunk_rows(num_rows, vocab, hidden.dtype, hidden.device, backend)
+def _chunks(num_rows: int, chunk_size: int, head: "Head", backend: str):
+    """``(start, end)`` row ranges; ``chunk_size == 0`` is chosen by ``chunk_rows`` (at the logits' dtype)."""
+    weight = head.weight
+    step = chunk_size or chunk_rows(num_rows, weight.shape[0], head.logits_dtype, weight.device, backend)
     return ((start, min(start + step, num_rows)) for start in range(0, num_rows, step))
 
 
-def _logits(hidden_rows: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """``hidden_rows @ weight.T (+ bias)`` ``[chunk, V]`` in the input dtype, rounded once."""
-    if bias is None:
-        return torch.mm(hidden_rows, weight.t())
-    return torch.addmm(bias, hidden_rows, weight.t())
+# torch builds with a mixed-precision GEMM output (``mm(a, b, out_dtype=)``, CUDA only)
+_MM_OUT_DTYPE = any("mm.dtype" in str(schema) for schema in torch._C._jit_get_schemas_for_operator("aten::mm"))
 
 
-def _check_head(hidden: Tensor, weight: Tensor) -> None:
+class Head(NamedTuple):
+    """The LM head of a linear op: ``weight [V, H]``, ``bias [V]?`` and the dtype of the chunk logits
+    (``logits_dtype`` None = the hidden dtype). With fp32 logits from a bf16/fp16 head every GEMM
+    runs in fp32 (exact products, fp32 accumulation) and each gradient is rounded once to its
+    parameter's dtype; on CUDA the logits GEMM reads the half head directly (``out_dtype``)."""
+
+    weight: Tensor
+    bias: Optional[Tensor]
+    logits_dtype: torch.dtype
+
+    @classmethod
+    def of(cls, weight: Tensor, bias: Optional[Tensor], logits_dtype: Optional[torch.dtype]) -> "Head":
+        return cls(weight, bias, weight.dtype if logits_dtype is None else logits_dtype)
+
+    @property
+    def widened(self) -> bool:
+        """True when the logits are wider than the head (fp32 logits from a bf16/fp16 head)."""
+        return self.logits_dtype != self.weight.dtype
+
+    def gemm_weight(self) -> Tensor:
+        """The head in the GEMMs' dtype (an fp32 copy when widened: make it once per call)."""
+        return self.weight.to(self.logits_dtype) if self.widened else self.weight
+
+    def logits(self, hidden_rows: Tensor, gemm_weight: Tensor) -> Tensor:
+        """``hidden_rows @ weight.T (+ bias)`` ``[chunk, V]`` in ``logits_dtype``, rounded once."""
+        bias = None if self.bias is None else self.bias.to(self.logits_dtype)
+        if self.widened and _MM_OUT_DTYPE and hidden_rows.is_cuda:
+            out = torch.mm(hidden_rows, self.weight.t(), out_dtype=self.logits_dtype)
+            return out if bias is None else out.add_(bias)
+        rows = hidden_rows.to(self.logits_dtype)
+        return torch.mm(rows, gemm_weight.t()) if bias is None else torch.addmm(bias, rows, gemm_weight.t())
+
+
+def _check_head(hidden: Tensor, weight: Tensor, logits_dtype: Optional[torch.dtype]) -> None:
     torch._check(hidden.dim() == 2 and weight.dim() == 2 and hidden.shape[1] == weight.shape[1],
-                 lambda: f"actfocus linear ops: hidden [N, H] and weight [V, H], got {hidden.shape}, {weight.shape}")
+                 lambda: f"actfocus linear ops: hidden [N, H] and head_weight [V, H], got {hidden.shape}, "
+                         f"{weight.shape}")
+    torch._check(logits_dtype in (None, torch.float32),
+                 lambda: f"actfocus linear ops: logits_dtype must be None or torch.float32, got {logits_dtype}")
+
+
+def _without_inactive(hidden_rows: Tensor, active: Tensor) -> Tensor:
+    """The rows with the inactive ones zeroed: their gradient row is 0, and ``0 * NaN`` of a NaN hidden
+    state on a masked row must not reach the head's gradient ``G.T @ hidden``."""
+    return torch.where(active.unsqueeze(1), hidden_rows, 0)
+
+
+def _finite_or_without_inactive(hidden_rows: Tensor, active_of: Callable[[], Tensor]) -> Tensor:
+    """``_without_inactive`` where it matters: a chunk whose entries are all finite (their sum is: one
+    read, no copy; an overflow only takes the zeroing path) is used as it is, so the usual chunk of the
+    fused loss costs no chunk-sized copy. Reads a value on the host: inside an op's implementation only,
+    never in a traced backward (``active_of()`` gives the active rows, bool)."""
+    if bool(torch.isfinite(hidden_rows.sum())):
+        return hidden_rows
+    return _without_inactive(hidden_rows, active_of())
 
 
 # --- linear_token_stats ------------------------------------------------------------------------
 
+STATS_FIELDS = ("temperature", "ignore_index", "logit_scale", "softcap", "extra_stats")
 
-def _stats_impl(hidden, weight, bias, targets, selected, temperature, ignore_index, chunk_size, backend):
+
+def _stats_inputs(named: dict, targets: Tensor) -> TokenStatsInputs:
+    return TokenStatsInputs(targets, *(named[name] for name in STATS_FIELDS))
+
+
+def _stats_impl(*args, **kwargs):
+    named = LINEAR_TOKEN_STATS.bind(args, kwargs)
+    hidden, selected, backend = named["hidden"], named["selected"], named["backend"]
+    head = Head.of(named["head_weight"], named["head_bias"], named["logits_dtype"])
+    outputs = empty_stats(hidden, named["extra_stats"])
     if selected is None:
-        index, outputs = None, per_token_outputs(hidden, 3)
+        index = None
     else:
         index = selected.nonzero().squeeze(1)
-        outputs = tuple(x.zero_() for x in per_token_outputs(hidden, 3))
+        outputs = TokenStatsOutputs(*(x.zero_() for x in outputs))
     num_rows = hidden.shape[0] if index is None else index.numel()
-    row_kernel = row_kernels(backend).token_stats
-    for start, end in _chunks(num_rows, chunk_size, weight.shape[0], hidden, backend):
+    gemm_weight = head.gemm_weight()
+    for start, end in _chunks(num_rows, named["chunk_size"], head, backend):
         rows = slice(start, end) if index is None else index[start:end]
-        stats = row_kernel(_logits(hidden[rows], weight, bias), targets[rows], temperature, ignore_index)
+        stats = run_token_stats(head.logits(hidden[rows], gemm_weight), _stats_inputs(named, named["targets"][rows]),
+                                backend)
         for output, value in zip(outputs, stats):
-            output[rows] = value
-    return outputs
+            if output.numel():
+                output[rows] = value
+    return tuple(outputs)
 
 
-def _stats_fake(hidden, weight, bias, targets, selected, temperature, ignore_index, chunk_size, backend):
-    _check_head(hidden, weight)
-    return per_token_outputs(hidden, 3)
+def _stats_fake(*args, **kwargs):
+    named = LINEAR_TOKEN_STATS.bind(args, kwargs)
+    _check_head(named["hidden"], named["head_weight"], named["logits_dtype"])
+    return tuple(empty_stats(named["hidden"], named["extra_stats"]))
 
 
 def _stats_setup_context(ctx, inputs, output):
     named = LINEAR_TOKEN_STATS.bind(inputs)
-    ctx.save_for_backward(*(named[name] for name in ("hidden", "weight", "bias", "targets", "selected")))
-    ctx.options = {name: named[name] for name in ("temperature", "ignore_index", "chunk_size", "backend")}
+    ctx.save_for_backward(*(named[name] for name in ("hidden", "head_weight", "head_bias", "targets", "selected")))
+    ctx.options = {name: named[name] for name in (*STATS_FIELDS, "logits_dtype", "chunk_size", "backend")}
+    ctx.mark_non_differentiable(*output[DIFFERENTIABLE:])
 
 
-def _stats_backward(ctx, grad_logp, grad_energy, grad_entropy):
+def _stats_backward(ctx, grad_logp, grad_energy, grad_entropy, *_extras):
     """Recomputes each chunk's logits, its ``row_gradient`` G, then ``G @ weight``, ``G.T @ hidden``
-    and ``G.sum(0)``: no N x V intermediate, the same three GEMMs as the loss."""
+    and ``G.sum(0)``: no N x V intermediate, the same three GEMMs as the loss. Rows with a zero
+    incoming gradient contribute exactly 0 to every gradient, whatever their hidden state holds."""
     hidden, weight, bias, targets, selected = ctx.saved_tensors
     need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-    options = ctx.options
+    options, backend = ctx.options, ctx.options["backend"]
+    head = Head.of(weight, bias, options["logits_dtype"])
+    gemm_weight = head.gemm_weight()
     grad_hidden = torch.zeros_like(hidden) if need_hidden else None
-    grad_weight = torch.zeros_like(weight) if need_weight else None
+    grad_weight = torch.zeros(weight.shape, dtype=gemm_weight.dtype, device=weight.device) if need_weight else None
     grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_bias else None
     index = None if selected is None else selected.nonzero().squeeze(1)
     num_rows = hidden.shape[0] if index is None else index.numel()
-    for start, end in _chunks(num_rows, options["chunk_size"], weight.shape[0], hidden, options["backend"]):
+    for start, end in _chunks(num_rows, options["chunk_size"], head, backend):
         rows = slice(start, end) if index is None else index[start:end]
         hidden_rows = hidden[rows]
-        incoming = (None if g is None else g[rows] for g in (grad_logp, grad_energy, grad_entropy))
-        grad = gradient_of_stats(_logits(hidden_rows, weight, bias), targets[rows], *incoming,
-                                 options["temperature"], options["ignore_index"], options["backend"])
+        incoming = tuple(None if g is None else g[rows] for g in (grad_logp, grad_energy, grad_entropy))
+        coefficients = stats_gradient_inputs(_stats_inputs(options, targets[rows]), incoming, hidden_rows.shape[0],
+                                             hidden.device)
+        grad = torch.ops.actfocus.row_gradient(head.logits(hidden_rows, gemm_weight), **coefficients.as_kwargs(),
+                                               backend=backend)
         if need_hidden:
-            grad_hidden[rows] = torch.mm(grad, weight)
+            grad_hidden[rows] = torch.mm(grad, gemm_weight).to(hidden.dtype)
         if need_weight:
-            grad_weight.addmm_(grad.t(), hidden_rows)
+            active = _without_inactive(hidden_rows, active_rows(coefficients))
+            grad_weight.addmm_(grad.t(), active.to(grad.dtype))
         if need_bias:
             grad_bias += grad.sum(0, dtype=torch.float32)
-    return LINEAR_TOKEN_STATS.gradients(hidden=grad_hidden, weight=grad_weight,
-                                        bias=None if grad_bias is None else grad_bias.to(bias.dtype))
+    return LINEAR_TOKEN_STATS.gradients(
+        hidden=grad_hidden, head_weight=None if grad_weight is None else grad_weight.to(weight.dtype),
+        head_bias=None if grad_bias is None else grad_bias.to(bias.dtype))
 
 
-# Rows -> fp32 (logp, energy, entropy) [N], chunk_size rows at a time (0: chunk_rows); with
-# `selected` (bool [N]) only those rows are computed, the others are 0 (and get no gradient).
+# Rows -> TokenStatsOutputs [N], chunk_size rows at a time (0: chunk_rows); with `selected`
+# (bool [N]) only those rows are computed, the others are 0 (and get no gradient).
 LINEAR_TOKEN_STATS = define_op(
     "linear_token_stats",
-    "(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor? selected, float temperature, "
-    "int ignore_index, int chunk_size, str backend) -> (Tensor logp, Tensor energy, Tensor entropy)",
+    "(Tensor hidden, Tensor head_weight, Tensor? head_bias, Tensor targets, Tensor? selected, float temperature, "
+    "int ignore_index, float logit_scale, float softcap, bool extra_stats, ScalarType? logits_dtype, int chunk_size, "
+    f"str backend) -> ({TokenStatsOutputs.schema()})",
     _stats_impl, _stats_fake, _stats_backward, _stats_setup_context,
 )
 
 
 # --- linear_policy_loss ------------------------------------------------------------------------
 
+# gradient flags and outputs ``grad_<name>``, for the op inputs of GRADIENT_INPUTS
 GRADIENTS = ("hidden", "weight", "bias")
+GRADIENT_INPUTS = dict(zip(GRADIENTS, ("hidden", "head_weight", "head_bias")))
 
 
-def _gradient_buffers(named: dict) -> dict[str, Tensor]:
-    """``grad_hidden [N, H]`` (every row written once), ``grad_weight [V, H]`` (zeros, accumulated in
-    the weight dtype by GEMMs with fp32 accumulation), ``grad_bias [V]`` (an fp32 accumulator); an
+def _gradient_buffers(named: dict, head: Head) -> dict[str, Tensor]:
+    """``grad_hidden [N, H]`` (every row written once), ``grad_weight [V, H]`` (zeros, accumulated by
+    GEMMs with fp32 accumulation, in the logits' dtype), ``grad_bias [V]`` (an fp32 accumulator); an
     empty tensor for each gradient not asked for."""
-    hidden, weight, bias = named["hidden"], named["weight"], named["bias"]
+    hidden, weight, bias = named["hidden"], named["head_weight"], named["head_bias"]
     return {  # a fresh empty tensor for each gradient not asked for: outputs must not alias
         "hidden": torch.empty_like(hidden, memory_format=torch.contiguous_format) if named["grad_hidden"]
         else weight.new_empty(0),
-        "weight": torch.zeros_like(weight, memory_format=torch.contiguous_format) if named["grad_weight"]
-        else weight.new_empty(0),
+        "weight": torch.zeros_like(weight, dtype=head.logits_dtype, memory_format=torch.contiguous_format)
+        if named["grad_weight"] else weight.new_empty(0),
         "bias": torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if named["grad_bias"]
         else weight.new_empty(0),
     }
@@ -178,29 +256,40 @@ def _gradient_buffers(named: dict) -> dict[str, Tensor]:
 
 def _loss_impl(*args, **kwargs):
     named = LINEAR_POLICY_LOSS.bind(args, kwargs)
-    hidden, weight, bias, backend = named["hidden"], named["weight"], named["bias"], named["backend"]
+    hidden, backend = named["hidden"], named["backend"]
+    head = Head.of(named["head_weight"], named["head_bias"], named["logits_dtype"])
     inputs = RowLossInputs.from_named(named)
     num_rows = hidden.shape[0]
     token_loss, logp, energy, entropy, ratio = per_token_outputs(hidden, 5)
     outputs = RowLossOutputs(token_loss, logp, energy, entropy, ratio, hidden.new_empty(num_rows, dtype=torch.bool))
-    grads = _gradient_buffers(named)
+    grads = _gradient_buffers(named, head)
     need = {name: named[f"grad_{name}"] for name in GRADIENTS}
+    check_transform("linear_policy_loss", inputs.logit_scale, inputs.softcap)
     row_kernel = row_kernels(backend).policy_loss
-    for start, end in _chunks(num_rows, named["chunk_size"], weight.shape[0], hidden, backend):
+    gemm_weight = head.gemm_weight()
+    for start, end in _chunks(num_rows, named["chunk_size"], head, backend):
         hidden_rows = hidden[start:end]
-        logits = _logits(hidden_rows, weight, bias)
+        rows = inputs.take(slice(start, end))
+        logits = head.logits(hidden_rows, gemm_weight)
         # with a gradient asked for, the kernel overwrites the logits by their gradient (dlogits aliases logits)
-        chunk = row_kernel(logits, inputs.take(slice(start, end)), logits if any(need.values()) else None)
+        chunk = row_kernel(logits, rows, logits if any(need.values()) else None)
         for output, value in zip(outputs, chunk):
             output[start:end] = value
         if need["hidden"]:
-            torch.mm(logits, weight, out=grads["hidden"][start:end])
+            if grads["hidden"].dtype == logits.dtype:  # straight into the output: no chunk-sized temporary
+                torch.mm(logits, gemm_weight, out=grads["hidden"][start:end])
+            else:  # fp32 logits of a bf16/fp16 head: rounded once into the hidden dtype
+                grads["hidden"][start:end] = torch.mm(logits, gemm_weight)
         if need["weight"]:
-            grads["weight"].addmm_(logits.t(), hidden_rows)
+            def active_of(rows=rows):
+                return (rows.scale != 0) & (rows.targets != inputs.ignore_index)
+
+            grads["weight"].addmm_(logits.t(), _finite_or_without_inactive(hidden_rows, active_of).to(logits.dtype))
         if need["bias"]:
             grads["bias"] += logits.sum(0, dtype=torch.float32)
-    if need["bias"]:
-        grads["bias"] = grads["bias"].to(bias.dtype)
+    for name, parameter in (("weight", head.weight), ("bias", head.bias)):
+        if need[name]:
+            grads[name] = grads[name].to(parameter.dtype)
     loss = LossOpOutputs(token_loss.sum(), outputs.logp, outputs.energy, outputs.entropy, outputs.ratio,
                          outputs.clipped)
     return (*loss, *(grads[name] for name in GRADIENTS))
@@ -208,8 +297,8 @@ def _loss_impl(*args, **kwargs):
 
 def _loss_fake(*args, **kwargs):
     named = LINEAR_POLICY_LOSS.bind(args, kwargs)
-    hidden, weight, bias = named["hidden"], named["weight"], named["bias"]
-    _check_head(hidden, weight)
+    hidden, weight, bias = named["hidden"], named["head_weight"], named["head_bias"]
+    _check_head(hidden, weight, named["logits_dtype"])
     num_rows = hidden.shape[0]
     return (
         hidden.new_empty((), dtype=torch.float32), *per_token_outputs(hidden, 4),
@@ -245,15 +334,16 @@ def _loss_backward(ctx, grad_loss, *_output_grads):
         if not needed or grad_loss is None:
             continue
         if not ctx.computed[name]:
-            raise RuntimeError(f"linear_policy_loss ran without the gradient of {name} (grad_{name}=False)")
-        grads[name] = scaled_gradient(saved, grad_loss)
+            raise RuntimeError(f"linear_policy_loss ran without the gradient of {GRADIENT_INPUTS[name]} "
+                               f"(grad_{name}=False)")
+        grads[GRADIENT_INPUTS[name]] = scaled_gradient(saved, grad_loss)
     return LINEAR_POLICY_LOSS.gradients(**grads)
 
 
 LINEAR_POLICY_LOSS = define_op(
     "linear_policy_loss",
-    f"(Tensor hidden, Tensor weight, Tensor? bias, {RowLossInputs.schema()}, int chunk_size, bool grad_hidden, "
-    f"bool grad_weight, bool grad_bias, str backend) "
+    f"(Tensor hidden, Tensor head_weight, Tensor? head_bias, {RowLossInputs.schema()}, ScalarType? logits_dtype, "
+    f"int chunk_size, bool grad_hidden, bool grad_weight, bool grad_bias, str backend) "
     f"-> ({LossOpOutputs.schema()}, Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)",
     _loss_impl, _loss_fake, _loss_backward, _loss_setup_context,
 )

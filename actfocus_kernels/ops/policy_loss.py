@@ -19,11 +19,13 @@ from torch import Tensor
 
 from ..contract import LossOpOutputs, RowLossInputs, RowLossOutputs
 from .registry import define_op
-from .routing import row_kernels
+from .routing import check_transform, row_kernels
 from .token_stats import per_token_outputs
+
 
 def run_policy_loss(logits: Tensor, inputs: RowLossInputs, backend: str, dlogits: Optional[Tensor]) -> LossOpOutputs:
     """The backend's row kernel on ``logits``; the loss summed in float64."""
+    check_transform("policy_loss", inputs.logit_scale, inputs.softcap)
     out = RowLossOutputs(*row_kernels(backend).policy_loss(logits, inputs, dlogits))
     loss = out.token_loss.sum(dtype=torch.float64).to(torch.float32)
     return LossOpOutputs(loss, *(x.float() for x in (out.logp, out.energy, out.entropy, out.ratio)), out.clipped)

@@ -2,7 +2,7 @@
 
 Every backend implements the row contract (``actfocus_kernels.contract``) on ``logits [N, V]``:
 
-    token_stats(logits, targets, temperature, ignore_index) -> (logp, energy, entropy)
+    token_stats(logits, **TokenStatsInputs.as_kwargs()) -> TokenStatsOutputs
     policy_loss(logits, inputs: RowLossInputs, dlogits: Tensor | None) -> RowLossOutputs
     row_gradient(logits, inputs: RowGradientInputs, dlogits: Tensor) -> None
 
@@ -11,21 +11,31 @@ Triton is imported only when its backend is used.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from .. import reference
-from ..contract import RowGradientInputs, RowLossInputs, RowLossOutputs
+from ..contract import RowGradientInputs, RowLossInputs, RowLossOutputs, TokenStatsOutputs
 
 
 class RowKernels(NamedTuple):
     """A backend's row kernels (signatures in the module docstring)."""
 
-    token_stats: Callable[[Tensor, Tensor, float, int], tuple[Tensor, Tensor, Tensor]]
+    token_stats: Callable[..., TokenStatsOutputs]
     policy_loss: Callable[[Tensor, RowLossInputs, Optional[Tensor]], RowLossOutputs]
     row_gradient: Callable[[Tensor, RowGradientInputs, Tensor], None]
+
+
+def check_transform(op: str, logit_scale: float, softcap: float) -> None:
+    """SPEC 10's ranges, a clear error naming the field: ``logit_scale`` finite and > 0, ``softcap``
+    finite and >= 0 (0 = off)."""
+    if not (math.isfinite(logit_scale) and logit_scale > 0):
+        raise ValueError(f"actfocus::{op}: logit_scale must be finite and > 0, got {logit_scale}")
+    if not (math.isfinite(softcap) and softcap >= 0):
+        raise ValueError(f"actfocus::{op}: softcap must be finite and >= 0 (0 = off), got {softcap}")
 
 
 def _native_policy_loss(logits: Tensor, inputs: RowLossInputs, dlogits: Optional[Tensor]) -> RowLossOutputs:
@@ -37,8 +47,10 @@ def _native_row_gradient(logits: Tensor, inputs: RowGradientInputs, dlogits: Ten
     torch.ops.actfocus_native.row_gradient(logits, **inputs.as_kwargs(), dlogits=dlogits)
 
 
-def _native_token_stats(logits: Tensor, targets: Tensor, temperature: float, ignore_index: int):
-    return torch.ops.actfocus_native.token_stats(logits, targets, temperature, ignore_index)
+def _native_token_stats(logits: Tensor, targets: Tensor, temperature: float, ignore_index: int,
+                        logit_scale: float, softcap: float, extra_stats: bool) -> TokenStatsOutputs:
+    return TokenStatsOutputs(*torch.ops.actfocus_native.token_stats(
+        logits, targets, temperature, ignore_index, logit_scale, softcap, extra_stats))
 
 
 def row_kernels(backend: str) -> RowKernels:

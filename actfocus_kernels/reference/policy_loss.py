@@ -2,9 +2,10 @@
 
 All backends share this row-level contract: the public op flattens ``[B, L, V]`` / packed inputs
 to rows and folds the aggregation mode into a per-token ``scale`` (``d loss / d token_loss``), so
-``loss = sum_t scale_t * l_t`` and the gradient of row t is
+``loss = sum_t scale_t * l_t`` and, with ``s`` the transformed logits (SPEC 10, ``ds/dz = 1 / T``
+untransformed), the gradient of row t is
 
-    dz_t = scale_t / T * (c_t (onehot(y_t) - p) + h p (s - mu)),   mu = sum_v p_v s_v,
+    dz_t = scale_t ds/dz (c_t (onehot(y_t) - p) + h p (s - mu)),   mu = sum_v p_v s_v,
     c_t = w_t dL_pg/dlogp + kl_coef dKL/dlogp.
 
 The tests check it against float64 autograd of the loss written independently.
@@ -16,7 +17,7 @@ from typing import Optional
 import torch
 
 from ..constants import RATIO_LOG_CLAMP
-from ..contract import RowLossInputs, RowLossOutputs
+from ..contract import RowGradientInputs, RowLossInputs, RowLossOutputs
 from .row_gradient import gradient_rows
 from .token_stats import row_statistics
 
@@ -62,18 +63,21 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kl_type: int) -> tupl
 
 def policy_loss(logits: torch.Tensor, inputs: RowLossInputs, dlogits: Optional[torch.Tensor]) -> RowLossOutputs:
     """Rows ``logits [N, V]`` and their ``RowLossInputs`` -> ``RowLossOutputs`` with
-    ``token_loss = scale * (w L_pg + kl_coef KL - entropy_coef H)``, exactly 0 on inactive rows (``scale == 0`` or ``target == ignore_index``), whose inputs may hold anything
+    ``token_loss = scale * (w L_pg + kl_coef KL - entropy_coef H)``, exactly 0 on inactive rows
+    (``scale == 0`` or ``target == ignore_index``), whose inputs may hold anything
     and whose ratio is reported as 1 (not clipped).
     When ``dlogits`` is given it receives ``d sum(token_loss) / d logits`` (zero on inactive rows).
     """
     # per-token scalars in float64 (see row_statistics); outputs in the compute dtype
-    targets, temperature, entropy_coef, kl_coef = inputs.targets, inputs.temperature, inputs.entropy_coef, inputs.kl_coef
+    targets, temperature = inputs.targets, inputs.temperature
+    entropy_coef, kl_coef = inputs.entropy_coef, inputs.kl_coef
     active = (inputs.scale != 0) & (targets != inputs.ignore_index)
 
     def on_active(values: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return None if values is None else torch.where(active, values.double(), 0.0)
 
-    logp, energy, entropy = row_statistics(logits, targets, temperature, inputs.ignore_index)
+    logp, energy, entropy, *_ = row_statistics(logits, targets, temperature, inputs.ignore_index,
+                                               inputs.logit_scale, inputs.softcap)
     dtype = energy.dtype
     pg_loss, d_pg, ratio, clipped = surrogate(
         logp, on_active(inputs.old_logp), on_active(inputs.advantages), inputs.clip_low, inputs.clip_high,
@@ -88,7 +92,8 @@ def policy_loss(logits: torch.Tensor, inputs: RowLossInputs, dlogits: Optional[t
     token_loss = torch.where(active, scale * loss, 0.0)
     if dlogits is not None:
         coef = torch.where(active, scale * coeff, 0.0)  # exactly 0 off the active rows, NaN logits included
-        dlogits.copy_(gradient_rows(logits, targets, temperature, inputs.ignore_index, coef, coef,
-                                    torch.where(active, scale * entropy_coef, 0.0)))
+        dlogits.copy_(gradient_rows(logits, RowGradientInputs(
+            targets, coef, coef, torch.where(active, scale * entropy_coef, 0.0), temperature, inputs.logit_scale,
+            inputs.softcap, inputs.ignore_index)))
     per_token = (token_loss, logp, energy, entropy, torch.where(active, ratio, 1.0))
     return RowLossOutputs(*(x.to(dtype) for x in per_token), clipped & active)

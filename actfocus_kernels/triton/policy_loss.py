@@ -1,7 +1,9 @@
 """Triton fused policy loss (SPEC section 4): per row, one statistics pass over the logits, the
 per-token surrogate/KL/entropy loss, and (when asked) a second pass writing the gradient
 
-    dz = scale / T * (c (onehot(y) - p) + h p (s - mu)),   c = w dL_pg/dlogp + beta dKL/dlogp,
+    dz = scale ds/dz (c (onehot(y) - p) + h p (s - mu)),   c = w dL_pg/dlogp + beta dKL/dlogp,
+
+with ``s`` the transformed logits (SPEC 10, ``ds/dz = 1 / T`` untransformed; see ``row_stats``),
 
 for ``loss = sum_t scale_t l_t``. ``dlogits`` may be the logits buffer itself (in-place gradient):
 each element is read before it is overwritten by the same program.
@@ -12,8 +14,8 @@ import triton.language as tl
 
 from ..constants import FLOAT32_MAX, RATIO_LOG_CLAMP
 from ..contract import RowLossInputs, RowLossOutputs
-from .launch import device_guard, row_launch_config
-from .row_stats import row_softmax_stats, target_logit
+from .launch import Transform, device_guard, row_launch_config
+from .row_stats import row_softmax_stats, target_logit, transformed
 
 
 @triton.jit
@@ -24,22 +26,25 @@ def _policy_loss_kernel(
     # strides
     stride_logits, stride_dlogits,
     # scalars
-    temperature, clip_low, clip_high, dual_clip, kl_coef, entropy_coef, ignore_index,
+    temperature, row_temperature, value_scale, tanh_scale, softcap, logit_scale,
+    clip_low, clip_high, dual_clip, kl_coef, entropy_coef, ignore_index,
     # constexpr
     V: tl.constexpr, BLOCK_V: tl.constexpr, HAS_OLD_LOGP: tl.constexpr, HAS_KL: tl.constexpr,
     KL_TYPE: tl.constexpr, HAS_DUAL_CLIP: tl.constexpr, HAS_ENTROPY: tl.constexpr,
-    WRITE_GRAD: tl.constexpr, LOG_CLAMP: tl.constexpr, FLT_MAX: tl.constexpr,
+    WRITE_GRAD: tl.constexpr, LOG_CLAMP: tl.constexpr, FLT_MAX: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * stride_logits
-    inv_temperature = tl.minimum(1.0 / temperature, FLT_MAX)  # a tiny T keeps its one-hot limit
+    inv_temperature = tl.minimum(1.0 / row_temperature, FLT_MAX)  # a tiny T keeps its one-hot limit
 
     # statistics pass
-    row_max, log_d, mean_centred = row_softmax_stats(row_ptr, inv_temperature, V, BLOCK_V)
-    entropy = log_d - mean_centred
     target = tl.load(targets_ptr + row)
     is_target = target != ignore_index
-    target_centred = (target_logit(row_ptr, target, V).to(tl.float64) - row_max) / temperature
+    row_max, log_d, mean_centred, _, _, _ = row_softmax_stats(
+        row_ptr, inv_temperature, tanh_scale, softcap, target, V, BLOCK_V, HAS_SOFTCAP, False)
+    entropy = log_d - mean_centred
+    target_value, _ = transformed(target_logit(row_ptr, target, V), tanh_scale, softcap, HAS_SOFTCAP)
+    target_centred = (target_value.to(tl.float64) - row_max) / row_temperature
     logp = tl.where(is_target, target_centred - log_d, 0.0)
 
     # per-token loss in float64 (a few scalars per row); inputs of inactive rows (scale 0 or
@@ -82,12 +87,12 @@ def _policy_loss_kernel(
         token_loss -= entropy_coef * entropy
     tl.store(token_loss_ptr + row, tl.where(active, scale * token_loss, 0.0).to(tl.float32))
     tl.store(logp_ptr + row, logp.to(tl.float32))
-    tl.store(energy_ptr + row, (-(row_max + temperature * log_d)).to(tl.float32))
+    tl.store(energy_ptr + row, (-(row_max * value_scale + temperature * log_d)).to(tl.float32))
     tl.store(entropy_ptr + row, entropy.to(tl.float32))
     tl.store(ratio_ptr + row, tl.where(active, ratio, 1.0).to(tl.float32))
     tl.store(clipped_ptr + row, (clipped & active).to(tl.int8))
 
-    # gradient pass: dz = scale / T * (c (onehot - p) + h p (s - mu))
+    # gradient pass: dz = scale ds/dz (c (onehot - p) + h p (s - mu))
     if WRITE_GRAD:
         coeff = tl.where(active, coeff, 0.0).to(tl.float32)
         grad_scale = tl.where(active, scale * inv_temperature, 0.0)  # finite: inv_temperature <= FLT_MAX
@@ -97,13 +102,18 @@ def _policy_loss_kernel(
         for start in range(0, V, BLOCK_V):
             offs = start + tl.arange(0, BLOCK_V)
             in_vocab = offs < V
-            centred = (tl.load(row_ptr + offs, mask=in_vocab, other=float("-inf")).to(tl.float32) - row_max) * inv_temperature
+            z = tl.load(row_ptr + offs, mask=in_vocab, other=float("-inf")).to(tl.float32)
+            v, tanh = transformed(z, tanh_scale, softcap, HAS_SOFTCAP)
+            centred = (v - row_max) * inv_temperature
             probs = tl.exp(centred - log_d)
             grad = coeff * (tl.where(offs == target, 1.0, 0.0) - probs)
             if HAS_ENTROPY:
                 grad += entropy_coef * tl.where(probs > 0, probs * (centred - mean_centred), 0.0)
+            grad = grad_scale * grad
+            if HAS_SOFTCAP:
+                grad = grad * (logit_scale * (1.0 - tanh * tanh))
             # inactive rows get exactly 0 whatever their logits hold (NaN included)
-            grad = tl.where(active, grad_scale * grad, 0.0)
+            grad = tl.where(active, grad, 0.0)
             tl.store(out_ptr + offs, grad.to(dlogits_ptr.dtype.element_ty), mask=in_vocab)
 
 
@@ -111,11 +121,12 @@ def policy_loss(logits: torch.Tensor, inputs: RowLossInputs, dlogits) -> RowLoss
     """Row-level contract of ``actfocus_kernels.reference.policy_loss`` on Triton."""
     n_rows, vocab = logits.shape
     device = logits.device
-    token_loss, logp, energy, entropy, ratio = (torch.empty(n_rows, dtype=torch.float32, device=device) for _ in range(5))
+    token_loss, logp, energy, entropy, ratio = (torch.empty(n_rows, dtype=torch.float32, device=device)
+                                                for _ in range(5))
     clipped = torch.empty(n_rows, dtype=torch.int8, device=device)
     if n_rows > 0:
         has_kl = inputs.kl_coef > 0 and inputs.ref_logp is not None
-        block_v, num_warps = row_launch_config(vocab, logits.element_size())
+        block_v, num_warps = row_launch_config(vocab, logits.element_size(), inputs.softcap > 0)
         with device_guard(logits):
             _policy_loss_kernel[(n_rows,)](
                 logits, inputs.targets, inputs.old_logp if inputs.old_logp is not None else logits,
@@ -123,8 +134,10 @@ def policy_loss(logits: torch.Tensor, inputs: RowLossInputs, dlogits) -> RowLoss
                 token_loss, logp, energy, entropy, ratio, clipped,
                 dlogits if dlogits is not None else logits,
                 logits.stride(0), dlogits.stride(0) if dlogits is not None else 0,
-                float(inputs.temperature), float(inputs.clip_low), float(inputs.clip_high), float(inputs.dual_clip),
-                float(inputs.kl_coef), float(inputs.entropy_coef), int(inputs.ignore_index),
+                **Transform.of(inputs.temperature, inputs.logit_scale, inputs.softcap).kernel_args(),
+                clip_low=float(inputs.clip_low), clip_high=float(inputs.clip_high), dual_clip=float(inputs.dual_clip),
+                kl_coef=float(inputs.kl_coef), entropy_coef=float(inputs.entropy_coef),
+                ignore_index=int(inputs.ignore_index),
                 V=vocab, BLOCK_V=block_v, HAS_OLD_LOGP=inputs.old_logp is not None, HAS_KL=has_kl,
                 KL_TYPE=int(inputs.kl_type), HAS_DUAL_CLIP=inputs.dual_clip > 1.0, HAS_ENTROPY=inputs.entropy_coef != 0,
                 WRITE_GRAD=dlogits is not None, LOG_CLAMP=RATIO_LOG_CLAMP,

@@ -3,62 +3,49 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cmath>
-
 #include "core/token_loss.h"
 #include "cpu/token_row.h"
 #include "glue/checks.h"
-#include "glue/row_args.h"
 #include "ops.h"
 
 namespace actfocus {
+namespace {
 
-PolicyLossResult policy_loss_cpu(const at::Tensor& logits, const at::Tensor& targets_in,
-                                 const std::optional<at::Tensor>& old_logp_in,
-                                 const at::Tensor& advantages_in,
-                                 const std::optional<at::Tensor>& ref_logp_in,
-                                 const at::Tensor& weights_in, const at::Tensor& scale_in,
-                                 double temperature, double clip_low, double clip_high,
-                                 double dual_clip, double kl_coef, int64_t kl_type,
-                                 double entropy_coef, int64_t ignore_index,
-                                 const std::optional<at::Tensor>& dlogits) {
-  const PolicyLossArgs args =
-      policy_loss_args(logits, targets_in, old_logp_in, advantages_in, ref_logp_in, weights_in,
-                       scale_in, temperature, clip_low, clip_high, dual_clip, kl_coef, kl_type,
-                       entropy_coef, dlogits);
+void policy_loss_cpu(const PolicyLossArgs& args) {
+  const at::Tensor& logits = args.logits;
   const int64_t n = logits.size(0);
   const int64_t vocab = logits.size(1);
-  checks::check_targets_in_range(args.rows.targets, vocab, ignore_index);
-  if (n == 0) return args.result();
-  const LossOptions& loss_options = args.options;
+  checks::check_targets_in_range(args.targets, vocab, args.ignore_index);
+  const LossOptions loss_options = args.options();
 
   const cpu::RowKernels& kernels = cpu::row_kernels(checks::row_dtype(logits));
+  const cpu::RowForm form(args.transform());
   const char* rows = static_cast<const char*>(logits.const_data_ptr());
   const int64_t row_bytes = logits.stride(0) * logits.element_size();
+  const std::optional<at::Tensor>& dlogits = args.dlogits;
   char* grad_rows = dlogits.has_value() ? static_cast<char*>(dlogits->data_ptr()) : nullptr;
   const int64_t grad_row_bytes = dlogits.has_value() ? dlogits->stride(0) * dlogits->element_size() : 0;
   if (grad_rows != nullptr && grad_rows != rows) cpu::advise_huge_pages(grad_rows, n * grad_row_bytes);
-  const int64_t* target_values = args.rows.targets.const_data_ptr<int64_t>();
+  const int64_t* target_values = args.targets.const_data_ptr<int64_t>();
   const float* old_values = args.old_logp.has_value() ? args.old_logp->const_data_ptr<float>() : nullptr;
   const float* ref_values = args.ref_logp.has_value() ? args.ref_logp->const_data_ptr<float>() : nullptr;
   const float* advantage_values = args.advantages.const_data_ptr<float>();
   const float* weight_values = args.weights.const_data_ptr<float>();
   const float* scale_values = args.scale.const_data_ptr<float>();
   float* token_loss_out = args.token_loss.data_ptr<float>();
-  float* logp_out = args.rows.logp.data_ptr<float>();
-  float* energy_out = args.rows.energy.data_ptr<float>();
-  float* entropy_out = args.rows.entropy.data_ptr<float>();
+  float* logp_out = args.logp.data_ptr<float>();
+  float* energy_out = args.energy.data_ptr<float>();
+  float* entropy_out = args.entropy.data_ptr<float>();
   float* ratio_out = args.ratio.data_ptr<float>();
   bool* clipped_out = args.clipped.data_ptr<bool>();
-  const float inv_temperature = clamped_over_temperature(1.0, temperature);
-  const float entropy_coef_f = loss_options.entropy_coef;
+  const float entropy_coef = loss_options.entropy_coef;
 
   cpu::for_each_row(n, vocab, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const void* row_ptr = rows + row * row_bytes;
       const void* next_row = row + 1 < end ? rows + (row + 1) * row_bytes : nullptr;
-      const cpu::TokenRow stats = cpu::token_row(kernels, row_ptr, vocab, target_values[row],
-                                                 ignore_index, temperature, inv_temperature, next_row);
+      const cpu::TokenRow stats =
+          cpu::token_row(kernels, row_ptr, vocab, target_values[row], args.ignore_index, form, next_row);
       TokenInputs inputs;
       inputs.has_target = stats.has_target;
       inputs.scale = scale_values[row];
@@ -80,16 +67,17 @@ PolicyLossResult policy_loss_cpu(const at::Tensor& logits, const at::Tensor& tar
         kernels.zero(grad_row, vocab);
         continue;
       }
-      const float grad_scale = clamped_over_temperature(inputs.scale, temperature);
-      cpu::row_gradient(kernels, row_ptr, grad_row, vocab, inv_temperature, stats, target_values[row],
-                        grad_scale, loss.coef, loss.coef, entropy_coef_f);
+      // scale ds/dz without softcap: scale logit_scale / T
+      const float grad_scale = clamped_over_temperature(inputs.scale * form.transform.logit_scale, form.transform.temperature);
+      cpu::row_gradient(kernels, row_ptr, grad_row, vocab, form, stats, target_values[row], grad_scale, loss.coef,
+                        loss.coef, entropy_coef);
     }
   });
-  return args.result();
 }
 
+}  // namespace
 }  // namespace actfocus
 
 TORCH_LIBRARY_IMPL(actfocus_native, CPU, m) {
-  m.impl("policy_loss", &actfocus::policy_loss_cpu);
+  m.impl("policy_loss", &actfocus::policy_loss_op<&actfocus::policy_loss_cpu>);
 }

@@ -13,50 +13,85 @@
 #include <sys/mman.h>
 #endif
 
+#include "core/row_transform.h"
 #include "cpu/kernels/row_kernels.h"
 
 namespace actfocus::cpu {
+
+// A row's transform: the float64 parameters (core/row_transform.h) and the kernels' float constants.
+struct RowForm {
+  RowTransform transform;
+  RowTransformFloats floats;
+
+  explicit RowForm(const RowTransform& t)
+      : transform(t), floats{t.slope(), t.cap_in(), t.cap_out()} {}
+};
 
 struct TokenRow {
   RowStats stats;
   double logp;    // s[y] - lse in float64 (from the fp32 sum), 0 when y == ignore_index
   float energy;   // -T lse
   float entropy;  // lse - sum p s
-  float target_centred;  // (z[y] - max z) / T floored at -FLT_MAX, read before any gradient write
+  float target_centred;  // x_y = s[y] - s(max z) floored at -FLT_MAX, read before any gradient write
+  float target_slope;    // (ds/dz)_y / (logit_scale / T): 1 - tanh^2 with softcap, else 1
   bool has_target;
 };
 
+// The extra statistics of a row (token_stats' extra_stats).
+struct TokenExtras {
+  float log_sum_sq_probs;  // log sum_v p_v^2
+  float mean_logits;       // mean_v s_v
+  bool is_top1;            // y is the first index of max_v s_v
+};
+
 // The row's statistics; the per-row scalars (log sum, the target's centred logit, logp) in float64.
-// next_row: the row this thread reads next (null: none), prefetched by the kernel.
+// next_row: the row this thread reads next (null: none), prefetched by the kernel; extras (may be
+// null): the row's extra sums, filled by the same pass.
 inline TokenRow token_row(const RowKernels& kernels, const void* row, int64_t vocab, int64_t target,
-                          int64_t ignore_index, double temperature, float inv_temperature,
-                          const void* next_row = nullptr) {
+                          int64_t ignore_index, const RowForm& form, const void* next_row = nullptr,
+                          RowExtras* extras = nullptr) {
+  const RowTransform& t = form.transform;
   TokenRow out;
-  out.stats = kernels.stats(row, vocab, inv_temperature, next_row);
+  out.stats = kernels.stats(row, vocab, form.floats, next_row, extras);
   const double log_sum = std::log(static_cast<double>(out.stats.sum));
   out.has_target = target != ignore_index;
   const float target_logit = out.has_target ? kernels.load(row, target) : 0.0f;
-  out.logp = out.has_target
-                 ? (static_cast<double>(target_logit) - out.stats.max) / temperature - log_sum
-                 : 0.0;
-  out.target_centred = std::max((target_logit - out.stats.max) * inv_temperature, -FLT_MAX);
-  out.energy = static_cast<float>(-(out.stats.max + temperature * log_sum));
+  out.logp = out.has_target ? t.centred(target_logit, out.stats.max) - log_sum : 0.0;
+  out.target_centred = t.capped() ? std::max(static_cast<float>(t.centred(target_logit, out.stats.max)), -FLT_MAX)
+                                  : std::max((target_logit - out.stats.max) * form.floats.slope, -FLT_MAX);
+  out.target_slope = static_cast<float>(t.slope_factor(target_logit));
+  out.energy = static_cast<float>(-(t.tempered(out.stats.max) + t.temperature * log_sum));
   out.entropy = static_cast<float>(log_sum - out.stats.mean_shift);
   return out;
 }
 
-// The gradient of a row with its statistics: grad_row[v] = grad_scale (target_coef 1{v = y} -
-// prob_coef p_v + entropy_coef p_v (x_v - mean)); the one-hot term is added in fp32 before the one
+// The extra statistics from a row's statistics and extra sums:
+//   log sum p^2 = log sum exp(2 x) - 2 log sum exp(x),  mean s = (logit_scale or softcap) mean(z or tanh) / T,
+//   is_top1 = the first x = 0 is at y (false for an ignored target or a NaN row).
+inline TokenExtras token_extras(const TokenRow& row, const RowExtras& extras, int64_t vocab, int64_t target,
+                                const RowTransform& transform) {
+  TokenExtras out;
+  const double log_sum = std::log(static_cast<double>(row.stats.sum));
+  out.log_sum_sq_probs = static_cast<float>(std::log(static_cast<double>(extras.sum_sq)) - 2.0 * log_sum);
+  const double base_scale = transform.capped() ? transform.softcap : transform.logit_scale;
+  out.mean_logits = static_cast<float>(base_scale * (extras.sum_base / static_cast<double>(vocab)) / transform.temperature);
+  out.is_top1 = row.has_target && row.stats.sum == row.stats.sum && extras.first_max == target;
+  return out;
+}
+
+// The gradient of a row with its statistics: grad_row[v] = grad_scale ds/dz_v / slope (target_coef 1{v = y}
+// - prob_coef p_v + centred_coef p_v (x_v - mean)); the one-hot term is added in fp32 before the one
 // rounding, from the target's logit read before any write (grad_row may be row).
 inline void row_gradient(const RowKernels& kernels, const void* row, void* grad_row, int64_t vocab,
-                         float inv_temperature, const TokenRow& stats, int64_t target, float grad_scale,
-                         float target_coef, float prob_coef, float entropy_coef) {
-  kernels.grad(row, grad_row, vocab, inv_temperature, stats.stats, grad_scale, prob_coef, entropy_coef);
+                         const RowForm& form, const TokenRow& stats, int64_t target, float grad_scale,
+                         float target_coef, float prob_coef, float centred_coef) {
+  kernels.grad(row, grad_row, vocab, form.floats, stats.stats, grad_scale, prob_coef, centred_coef);
   if (!stats.has_target) return;
   const float x = stats.target_centred;
   const float p = std::exp(x - stats.stats.log_sum);
   // one product: with p = 1 the bracket cancels to 0 before a huge grad_scale (tiny T) multiplies it
-  const float value = grad_scale * (entropy_coef * (p * (x - stats.stats.mean_shift)) - prob_coef * p + target_coef);
+  const float bracket = centred_coef * (p * (x - stats.stats.mean_shift)) - prob_coef * p + target_coef;
+  const float value = form.transform.capped() ? grad_scale * (stats.target_slope * bracket) : grad_scale * bracket;
   kernels.store(grad_row, target, value);
 }
 

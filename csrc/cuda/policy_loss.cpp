@@ -8,35 +8,19 @@
 
 #include "cuda/kernels/launch.h"
 #include "cuda/row_params.h"
-#include "glue/row_args.h"
 #include "ops.h"
 
 namespace actfocus {
+namespace {
 
-PolicyLossResult policy_loss_cuda(const at::Tensor& logits, const at::Tensor& targets_in,
-                                  const std::optional<at::Tensor>& old_logp_in,
-                                  const at::Tensor& advantages_in,
-                                  const std::optional<at::Tensor>& ref_logp_in,
-                                  const at::Tensor& weights_in, const at::Tensor& scale_in,
-                                  double temperature, double clip_low, double clip_high,
-                                  double dual_clip, double kl_coef, int64_t kl_type,
-                                  double entropy_coef, int64_t ignore_index,
-                                  const std::optional<at::Tensor>& dlogits) {
-  const c10::cuda::CUDAGuard device_guard(logits.device());
-  const PolicyLossArgs args =
-      policy_loss_args(logits, targets_in, old_logp_in, advantages_in, ref_logp_in, weights_in,
-                       scale_in, temperature, clip_low, clip_high, dual_clip, kl_coef, kl_type,
-                       entropy_coef, dlogits);
-  if (logits.size(0) == 0) return args.result();
-
-  const cuda::RowParams params =
-      policy_loss_params(logits, args, temperature, ignore_index, dlogits);
-  C10_CUDA_CHECK(cuda::launch_policy_loss(params, c10::cuda::getCurrentCUDAStream().stream()));
-  return args.result();
+void policy_loss_cuda(const PolicyLossArgs& args) {
+  const c10::cuda::CUDAGuard device_guard(args.logits.device());
+  C10_CUDA_CHECK(cuda::launch_policy_loss(policy_loss_params(args), c10::cuda::getCurrentCUDAStream().stream()));
 }
 
+}  // namespace
 }  // namespace actfocus
 
 TORCH_LIBRARY_IMPL(actfocus_native, CUDA, m) {
-  m.impl("policy_loss", &actfocus::policy_loss_cuda);
+  m.impl("policy_loss", &actfocus::policy_loss_op<&actfocus::policy_loss_cuda>);
 }

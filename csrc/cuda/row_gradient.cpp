@@ -7,25 +7,19 @@
 
 #include "cuda/kernels/launch.h"
 #include "cuda/row_params.h"
-#include "glue/row_args.h"
 #include "ops.h"
 
 namespace actfocus {
+namespace {
 
-void row_gradient_cuda(const at::Tensor& logits, const at::Tensor& targets_in,
-                       const at::Tensor& target_coef_in, const at::Tensor& prob_coef_in,
-                       const at::Tensor& entropy_coef_in, double temperature, int64_t ignore_index,
-                       const at::Tensor& dlogits) {
-  const c10::cuda::CUDAGuard device_guard(logits.device());
-  const RowGradientArgs args = row_gradient_args(logits, targets_in, target_coef_in, prob_coef_in,
-                                                 entropy_coef_in, temperature, dlogits);
-  if (logits.size(0) == 0) return;
-  const cuda::RowParams params = row_gradient_params(logits, args, temperature, ignore_index, dlogits);
-  C10_CUDA_CHECK(cuda::launch_row_gradient(params, c10::cuda::getCurrentCUDAStream().stream()));
+void row_gradient_cuda(const RowGradientArgs& args) {
+  const c10::cuda::CUDAGuard device_guard(args.logits.device());
+  C10_CUDA_CHECK(cuda::launch_row_gradient(row_gradient_params(args), c10::cuda::getCurrentCUDAStream().stream()));
 }
 
+}  // namespace
 }  // namespace actfocus
 
 TORCH_LIBRARY_IMPL(actfocus_native, CUDA, m) {
-  m.impl("row_gradient", &actfocus::row_gradient_cuda);
+  m.impl("row_gradient", &actfocus::row_gradient_op<&actfocus::row_gradient_cuda>);
 }

@@ -1,6 +1,6 @@
-// Argument checks of the actfocus_native ops, shared by the CPU and CUDA glue. Every failure is a
-// TORCH_CHECK (RuntimeError in Python; ValueError for out-of-range targets) naming the argument;
-// actfocus_kernels/native.py mirrors them in the ops' fakes.
+// Argument checks of the actfocus_native ops on their argument records (glue/row_args.h), shared by
+// the CPU and CUDA glue. Every failure is a TORCH_CHECK (RuntimeError in Python; ValueError for
+// out-of-range targets) naming the argument; actfocus_kernels/native.py mirrors them in the ops' fakes.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "core/row_dtype.h"
+#include "glue/row_args.h"
 
 namespace actfocus::checks {
 
@@ -38,8 +39,9 @@ inline void check_logits(const at::Tensor& logits, const char* name = "logits") 
 }
 
 // A per-token tensor: shape [n], dtype, on the device of logits (any strides: the glue copies).
-inline void check_per_token(const at::Tensor& values, const char* name, int64_t n,
-                            at::ScalarType dtype, const at::Tensor& logits) {
+inline void check_per_token(const at::Tensor& values, const char* name, at::ScalarType dtype,
+                            const at::Tensor& logits) {
+  const int64_t n = logits.size(0);
   TORCH_CHECK(values.device() == logits.device(), "actfocus_native: ", name, " must be on ",
               logits.device(), " like logits, got ", values.device());
   TORCH_CHECK(values.dim() == 1 && values.size(0) == n, "actfocus_native: ", name,
@@ -48,16 +50,17 @@ inline void check_per_token(const at::Tensor& values, const char* name, int64_t 
               ", got ", values.scalar_type());
 }
 
-inline void check_temperature(double temperature) {
-  TORCH_CHECK(std::isfinite(temperature) && temperature > 0.0,
-              "actfocus_native: temperature must be finite and > 0, got ", temperature);
-}
-
-inline void check_token_stats(const at::Tensor& logits, const at::Tensor& targets,
-                              double temperature) {
+// The rows and their transform: logits, targets [N] int64, temperature finite > 0, logit_scale finite
+// > 0, softcap finite >= 0 (0: off).
+inline void check_rows(const at::Tensor& logits, const at::Tensor& targets, const RowTransform& transform) {
   check_logits(logits);
-  check_per_token(targets, "targets", logits.size(0), at::kLong, logits);
-  check_temperature(temperature);
+  check_per_token(targets, "targets", at::kLong, logits);
+  TORCH_CHECK(std::isfinite(transform.temperature) && transform.temperature > 0.0,
+              "actfocus_native: temperature must be finite and > 0, got ", transform.temperature);
+  TORCH_CHECK(std::isfinite(transform.logit_scale) && transform.logit_scale > 0.0,
+              "actfocus_native: logit_scale must be finite and > 0, got ", transform.logit_scale);
+  TORCH_CHECK(std::isfinite(transform.softcap) && transform.softcap >= 0.0,
+              "actfocus_native: softcap must be finite and >= 0 (0: off), got ", transform.softcap);
 }
 
 // dlogits: rows like logits (shape, dtype, device), unit stride along V, rows that do not overlap.
@@ -73,34 +76,28 @@ inline void check_dlogits(const at::Tensor& grad, const at::Tensor& logits) {
               "actfocus_native: dlogits rows must not overlap, got strides ", grad.strides());
 }
 
-inline void check_policy_loss(const at::Tensor& logits, const at::Tensor& targets,
-                              const std::optional<at::Tensor>& old_logp,
-                              const at::Tensor& advantages,
-                              const std::optional<at::Tensor>& ref_logp, const at::Tensor& weights,
-                              const at::Tensor& scale, double temperature, int64_t kl_type,
-                              const std::optional<at::Tensor>& dlogits) {
-  check_token_stats(logits, targets, temperature);
-  const int64_t n = logits.size(0);
-  if (old_logp.has_value()) check_per_token(*old_logp, "old_logp", n, at::kFloat, logits);
-  check_per_token(advantages, "advantages", n, at::kFloat, logits);
-  if (ref_logp.has_value()) check_per_token(*ref_logp, "ref_logp", n, at::kFloat, logits);
-  check_per_token(weights, "weights", n, at::kFloat, logits);
-  check_per_token(scale, "scale", n, at::kFloat, logits);
-  TORCH_CHECK(kl_type >= 1 && kl_type <= 3, "actfocus_native: kl_type must be 1 (k1), 2 (k2) or 3 (k3), got ",
-              kl_type);
-  if (dlogits.has_value()) check_dlogits(*dlogits, logits);
+inline void check(const TokenStatsArgs& args) { check_rows(args.logits, args.targets, args.transform()); }
+
+inline void check(const PolicyLossArgs& args) {
+  const at::Tensor& logits = args.logits;
+  check_rows(logits, args.targets, args.transform());
+  if (args.old_logp.has_value()) check_per_token(*args.old_logp, "old_logp", at::kFloat, logits);
+  check_per_token(args.advantages, "advantages", at::kFloat, logits);
+  if (args.ref_logp.has_value()) check_per_token(*args.ref_logp, "ref_logp", at::kFloat, logits);
+  check_per_token(args.weights, "weights", at::kFloat, logits);
+  check_per_token(args.scale, "scale", at::kFloat, logits);
+  TORCH_CHECK(args.kl_type >= 1 && args.kl_type <= 3,
+              "actfocus_native: kl_type must be 1 (k1), 2 (k2) or 3 (k3), got ", args.kl_type);
+  if (args.dlogits.has_value()) check_dlogits(*args.dlogits, logits);
 }
 
-inline void check_row_gradient(const at::Tensor& logits, const at::Tensor& targets,
-                               const at::Tensor& target_coef, const at::Tensor& prob_coef,
-                               const at::Tensor& entropy_coef, double temperature,
-                               const at::Tensor& dlogits) {
-  check_token_stats(logits, targets, temperature);
-  const int64_t n = logits.size(0);
-  check_per_token(target_coef, "target_coef", n, at::kFloat, logits);
-  check_per_token(prob_coef, "prob_coef", n, at::kFloat, logits);
-  check_per_token(entropy_coef, "entropy_coef", n, at::kFloat, logits);
-  check_dlogits(dlogits, logits);
+inline void check(const RowGradientArgs& args) {
+  const at::Tensor& logits = args.logits;
+  check_rows(logits, args.targets, args.transform());
+  check_per_token(args.target_coef, "target_coef", at::kFloat, logits);
+  check_per_token(args.prob_coef, "prob_coef", at::kFloat, logits);
+  check_per_token(args.centred_coef, "centred_coef", at::kFloat, logits);
+  check_dlogits(args.dlogits, logits);
 }
 
 // Host-side check that every target is ignore_index or in [0, vocab) (CPU tensors only).

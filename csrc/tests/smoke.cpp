@@ -11,12 +11,9 @@
 
 namespace {
 
-using TokenStatsFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                    double, int64_t);
-using PolicyLossFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
-    const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, double, double, double,
-    double, double, int64_t, double, int64_t, const std::optional<at::Tensor>&);
+// the signatures of the op wrappers in ops.h
+using TokenStatsFn = decltype(actfocus::token_stats_op<nullptr>);
+using PolicyLossFn = decltype(actfocus::policy_loss_op<nullptr>);
 
 int failures = 0;
 
@@ -43,7 +40,8 @@ int main() {
   const at::Tensor targets = at::randint(0, vocab, {n}, at::kLong);
 
   // token_stats against ATen
-  const auto [logp, energy, entropy] = token_stats.call(logits, targets, temperature, -100);
+  const auto [logp, energy, entropy, log_sum_sq_probs, mean_logits, is_top1] =
+      token_stats.call(logits, targets, temperature, -100, 1.0, 0.0, false);
   const at::Tensor log_probs = at::log_softmax(logits.to(at::kDouble) / temperature, -1);
   const at::Tensor expected_logp = log_probs.gather(1, targets.unsqueeze(1)).squeeze(1);
   const at::Tensor expected_energy = -temperature * at::logsumexp(logits.to(at::kDouble) / temperature, -1);
@@ -62,13 +60,13 @@ int main() {
   const at::Tensor scale = at::full({n}, 1.0 / n);
   at::Tensor dlogits = at::empty_like(logits);
   auto outputs = policy_loss.call(logits, targets, std::nullopt, advantages, std::nullopt, weights, scale,
-                                  temperature, 0.2, 0.2, 0.0, 0.0, 3, 0.05, -100, dlogits);
+                                  temperature, 1.0, 0.0, 0.2, 0.2, 0.0, 0.0, 3, 0.05, -100, dlogits);
   const double row_sum = dlogits.sum(-1).abs().max().item<double>();
   expect(row_sum < 1e-6, "policy_loss gradient rows sum to 0", row_sum);
   expect(std::get<4>(outputs).eq(1).all().item<bool>(), "policy_loss on-policy ratio is 1", 0.0);
 
   outputs = policy_loss.call(logits, targets, std::nullopt, advantages, std::nullopt, weights, scale,
-                             temperature, 0.2, 0.2, 0.0, 0.0, 3, 0.0, -100, dlogits);
+                             temperature, 1.0, 0.0, 0.2, 0.2, 0.0, 0.0, 3, 0.0, -100, dlogits);
   const at::Tensor onehot = at::zeros_like(logits).scatter_(1, targets.unsqueeze(1), 1.0);
   const at::Tensor coef = -advantages;  // on-policy, unclipped: dL/dlogp = -A
   const at::Tensor expected_grad =
@@ -82,7 +80,7 @@ int main() {
   // bad input throws
   bool threw = false;
   try {
-    token_stats.call(logits.to(at::kDouble), targets, 1.0, -100);
+    token_stats.call(logits.to(at::kDouble), targets, 1.0, -100, 1.0, 0.0, false);
   } catch (const c10::Error&) {
     threw = true;
   }

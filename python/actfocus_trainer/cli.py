@@ -5,14 +5,18 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
+
+from actfocus_kernels import token_stats
 
 from .compare import format_table, run_compare
 from .envs import ENV_NAMES
 from .machine import set_threads
 from .reasoning import REASONING_MODES
+from .report import write_run
 from .train import EVAL_SEED_OFFSET, TrainConfig, prepare_policy, resolve_device, rollouts, train
 
 
@@ -38,18 +42,47 @@ NON_NEGATIVE = _number(float, 0.0, strict=False)
 FINITE = _number(float, -math.inf, strict=True)
 
 
+def usage_error(parser: argparse.ArgumentParser, message: str) -> None:
+    """Exit as argparse does on a bad argument (status 2), with one line on stderr."""
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+
 def check_paths(parser: argparse.ArgumentParser, args) -> None:
     """Paths are checked before any work: an output directory that is a file, a missing checkpoint or model."""
     if getattr(args, "reference", None) and not Path(args.reference).is_file():
-        parser.error(f"--reference {args.reference} does not exist")
+        usage_error(parser, f"--reference {args.reference} does not exist")
     if args.out is not None and args.command != "diagnose" and Path(args.out).is_file():
-        parser.error(f"--out {args.out} is an existing file, not a directory")
+        usage_error(parser, f"--out {args.out} is an existing file, not a directory")
     if args.out is not None and args.command == "diagnose" and Path(args.out).is_dir():
-        parser.error(f"--out {args.out} is a directory; diagnose writes a JSON file")
+        usage_error(parser, f"--out {args.out} is a directory; diagnose writes a JSON file")
     if getattr(args, "checkpoint", None) and not Path(args.checkpoint).is_file():
-        parser.error(f"--checkpoint {args.checkpoint} does not exist")
+        usage_error(parser, f"--checkpoint {args.checkpoint} does not exist")
     if args.model is not None and not Path(args.model).is_dir():
-        parser.error(f"--model {args.model} is not a directory")
+        usage_error(parser, f"--model {args.model} is not a directory")
+
+
+def check_machine(parser: argparse.ArgumentParser, args) -> None:
+    """``--device`` and ``--backend`` are checked on this machine before any work: a CUDA device
+    needs CUDA, and the backend must run on the device (the library's own check, on a one-token
+    ``token_stats`` call)."""
+    if not hasattr(args, "backend"):  # study: every run on the defaults
+        return
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        usage_error(parser, f"--device {args.device}: this machine has no CUDA device")
+    try:
+        device = resolve_device(args.device)
+        logits, targets = torch.zeros(1, 2, device=device), torch.zeros(1, dtype=torch.long, device=device)
+    except RuntimeError as error:  # not a device name, or no such device here
+        usage_error(parser, f"--device {args.device}: {error}")
+    try:
+        token_stats(logits, targets, backend=args.backend)
+    except (ValueError, RuntimeError) as error:  # the backend can't run there, or nothing can
+        usage_error(parser, f"--backend {args.backend} on --device {args.device} ({device}): {error}")
+
+
+def show_progress(args) -> bool:
+    """Progress bars (tqdm, on stderr) only for a terminal: in a log their frames are noise."""
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def env_kwargs(args) -> dict:
@@ -109,7 +142,8 @@ def config_from(args) -> TrainConfig:
 def cmd_train(args) -> None:
     cfg = config_from(args)
     out = Path(args.out or f"runs/train-{args.env}-{cfg.label}-seed{cfg.seed}")
-    result = train(cfg, out_dir=out, progress=not args.no_progress)
+    result = train(cfg, progress=show_progress(args))
+    write_run(out, cfg, result)
     print(f"{cfg.label} on {cfg.env}: success {100 * result.initial_success:.1f}% before RL -> "
           f"{100 * result.final_success:.1f}% after {cfg.steps} steps ({result.seconds:.0f} s)")
     print(f"log: {out / 'log.jsonl'}   curve: {out / 'curve.png'}")
@@ -121,7 +155,7 @@ def cmd_compare(args) -> None:
     algos = args.algos.split(",")
     if not set(algos) <= {"grpo", "ppo"}:
         raise SystemExit(f"--algos takes grpo and/or ppo, got {args.algos!r}")
-    summary = run_compare(base, algos, list(range(args.seeds)), out, progress=not args.no_progress)
+    summary = run_compare(base, algos, list(range(args.seeds)), out, progress=show_progress(args))
     print(format_table(summary))
     print(f"\nplot: {summary['plot']}   summary: {out / 'compare.json'}")
 
@@ -136,7 +170,7 @@ def cmd_diagnose(args) -> None:
     if args.checkpoint:
         policy, tokenizer = load_policy(args.checkpoint, device), WordTokenizer()
     else:
-        policy, tokenizer = prepare_policy(cfg, not args.no_progress)
+        policy, tokenizer = prepare_policy(cfg, show_progress(args))
     reference = load_policy(args.reference, device) if args.reference else policy
     c1 = C1Config(prompts=args.prompts, group_size=args.group_size, seed=cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -207,5 +241,6 @@ def main(argv: list[str] | None = None) -> None:
     p_study.set_defaults(model=None, threads=1)
     args = parser.parse_args(argv)
     check_paths(parser, args)
+    check_machine(parser, args)
     set_threads(args.threads)
     {"train": cmd_train, "compare": cmd_compare, "diagnose": cmd_diagnose, "study": cmd_study}[args.command](args)

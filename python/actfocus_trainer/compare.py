@@ -17,6 +17,7 @@ import torch
 
 from .machine import machine_record
 from .plots import plot_runs
+from .report import write_run
 from .stats import mean_ci
 from .train import TrainConfig, evaluate, prepare_policy, resolve_device, train
 
@@ -35,8 +36,8 @@ def run_compare(base: TrainConfig, algos: list[str], seeds: list[int], out_dir: 
         initial = evaluate(policy, tokenizer, seed_cfg)
         for algo, actfocus in arms:
             cfg = dataclasses.replace(seed_cfg, algo=algo, actfocus=actfocus)
-            run = train(cfg, copy.deepcopy(policy), tokenizer, out_dir / f"{cfg.label}-seed{seed}", progress,
-                        initial_success=initial)
+            run = train(cfg, copy.deepcopy(policy), tokenizer, progress, initial_success=initial)
+            write_run(out_dir / f"{cfg.label}-seed{seed}", cfg, run)
             results[cfg.label].append({"seed": seed, "initial": run.initial_success, "final": run.final_success})
             records[cfg.label].append(run.records)
     plot_path = out_dir / "compare.png"

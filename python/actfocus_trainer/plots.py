@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .arms import ablation_finals  # noqa: E402
 from .stats import mean_ci  # noqa: E402
 
 
@@ -75,8 +76,6 @@ def plot_study(summary: dict, path: Path, window: int = 5) -> None:
 
 def plot_ablation(summary: dict, path: Path) -> None:
     """Final success (mean, 95% interval) of GRPO+ActFocus per (reasoning_weight, redistribution)."""
-    from .study import ablation_finals
-
     cell = summary["cells"][summary["ablation_cell"]]
     lams, gammas = summary["ablation_grid"]
     fig, ax = plt.subplots(figsize=(7, 4))

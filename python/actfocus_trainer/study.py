@@ -28,12 +28,11 @@ from pathlib import Path
 
 import torch
 
+from .arms import ARMS, ablation_finals, arm_label
 from .c1 import C1Config, format_c1, measure_c1
 from .machine import machine_record, set_threads
 from .stats import mean_ci
 from .train import EVAL_SEED_OFFSET, TrainConfig, evaluate, prepare_policy, rollouts, train
-
-ARMS = (("grpo", False), ("grpo", True), ("ppo", False), ("ppo", True))
 
 
 @dataclass(frozen=True)
@@ -71,11 +70,6 @@ class Job:
     env: str
     reasoning: str
     seed: int
-
-
-def arm_label(algo: str, actfocus: bool, lam: float | None = None, gamma: float | None = None) -> str:
-    label = f"{algo.upper()}{'+ActFocus' if actfocus else ''}"
-    return label if lam is None else f"{label} λ={lam:g} γ={gamma:g}"
 
 
 def curve(records: list[dict]) -> dict[str, list[float]]:
@@ -158,7 +152,8 @@ def paired(final: list[float], baseline: list[float]) -> list[float]:
 
 
 def main_table(cell: dict) -> list[str]:
-    lines = ["| arm | success before RL | final success, mean [95% CI] | per seed | ActFocus − vanilla, paired [95% CI] |",
+    lines = ["| arm | success before RL | final success, mean [95% CI] | per seed "
+             "| ActFocus − vanilla, paired [95% CI] |",
              "|---|---|---|---|---|"]
     arms = cell["arms"]
     for algo, actfocus in ARMS:
@@ -168,15 +163,6 @@ def main_table(cell: dict) -> list[str]:
         lines.append(f"| {label} | {interval_text(cell['initial'])} | {interval_text(final)} | "
                      f"{' / '.join(f'{100 * x:.0f}' for x in final)} | {delta} |")
     return lines
-
-
-def ablation_finals(cell: dict, lam: float, gamma: float, main: list[float]) -> list[float]:
-    """Final successes of GRPO+ActFocus at ``(lam, gamma)`` (GRPO at (1, 0), the main arm at ``main``)."""
-    if (lam, gamma) == (1.0, 0.0):
-        return cell["arms"]["GRPO"]["final"]
-    if [lam, gamma] == list(main):
-        return cell["arms"]["GRPO+ActFocus"]["final"]
-    return cell["arms"][arm_label("grpo", True, lam, gamma)]["final"]
 
 
 def ablation_table(summary: dict) -> list[str]:
@@ -200,7 +186,7 @@ def write_outputs(summary: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "study.json").write_text(json.dumps(summary, indent=1))
     m = summary["machine"]
-    lines = [f"# Study results (`make study`)", "",
+    lines = ["# Study results (`make study`)", "",
              f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} thread per process, "
              f"{m['workers']} process(es); {summary['minutes']:.1f} min; seeds {summary['seeds']}. "
              "Success in %, on the fixed evaluation states, sampled at temperature 1. Intervals: 95% "

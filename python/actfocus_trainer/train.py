@@ -7,11 +7,9 @@ every run with the same config, so arms of a comparison are scored on the same s
 """
 from __future__ import annotations
 
-import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -21,7 +19,7 @@ from actfocus_kernels import ActFocusConfig, PolicyLossConfig
 from .algos import AlgoConfig, Learner
 from .envs import make_env
 from .masks import build_batch
-from .policy import TinyCausalLM, load_hf_policy, save_policy
+from .policy import TinyCausalLM, load_hf_policy
 from .rollout import collect
 from .tokenizer import WordTokenizer
 from .warmstart import warm_start
@@ -137,15 +135,14 @@ def episode_metrics(episodes) -> dict[str, float]:
             "action_token_share": action_tokens / max(tokens, 1)}
 
 
-def train(cfg: TrainConfig, policy=None, tokenizer=None, out_dir: str | Path | None = None,
-          progress: bool = True, initial_success: float | None = None) -> TrainResult:
+def train(cfg: TrainConfig, policy=None, tokenizer=None, progress: bool = True,
+          initial_success: float | None = None) -> TrainResult:
     """Run ``cfg.steps`` RL steps (warm-starting a fresh policy unless one is given).
 
     Each step plays ``prompts`` start states: GRPO ``group_size`` rollouts each, PPO one rollout
     from each of ``prompts * group_size`` start states, so both see the same number of episodes.
-    With ``out_dir``: ``log.jsonl`` (one record per step), ``config.json``, ``curve.png`` and, for the
-    built-in model, ``policy.pt``. ``initial_success`` (the given policy's ``evaluate``) skips
-    measuring it again.
+    ``initial_success`` (the given policy's ``evaluate``) skips measuring it again. ``report.write_run``
+    writes the result's files.
     """
     started = time.time()
     if policy is None:
@@ -170,23 +167,4 @@ def train(cfg: TrainConfig, policy=None, tokenizer=None, out_dir: str | Path | N
         records.append(record)
         bar.set_postfix(success=f"{record['success']:.2f}")
     final = evaluate(policy, tokenizer, cfg)
-    result = TrainResult(records, initial, final, policy, time.time() - started)
-    if out_dir is not None:
-        write_run(Path(out_dir), cfg, result)
-    return result
-
-
-def write_run(out_dir: Path, cfg: TrainConfig, result: TrainResult) -> None:
-    """Write the log, config, learning curve and (built-in model) weights of a run."""
-    from .plots import plot_runs
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "log.jsonl", "w") as log:
-        for record in result.records:
-            log.write(json.dumps(record) + "\n")
-    summary = {"config": asdict(cfg), "initial_success": result.initial_success,
-               "final_success": result.final_success, "seconds": result.seconds}
-    (out_dir / "config.json").write_text(json.dumps(summary, indent=2))
-    plot_runs({cfg.label: [result.records]}, out_dir / "curve.png", title=f"{cfg.env}: {cfg.label}")
-    if isinstance(result.policy, TinyCausalLM):
-        save_policy(result.policy, str(out_dir / "policy.pt"))
+    return TrainResult(records, initial, final, policy, time.time() - started)

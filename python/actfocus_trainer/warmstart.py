@@ -2,8 +2,9 @@
 
 Trajectories are played with uniformly random actions; each response is
 ``<think> reasoning </think> <answer> a </answer>`` with ``a`` the random action and the reasoning
-random words or the state's template (``reasoning.reasoning_for``). Minimising the cross-entropy ``-mean_{t: loss_mask} log p(y_t)`` makes the policy
-write well-formed turns with near-uniform actions (and, templated, near-certain reasoning), so RL starts from valid output and an untrained
+random words or the state's template (``reasoning.reasoning_for``). Minimising the cross-entropy
+``-mean_{t: loss_mask} log p(y_t)`` makes the policy write well-formed turns with near-uniform actions
+(and, templated, near-certain reasoning), so RL starts from valid output and an untrained
 success rate close to random play.
 """
 from __future__ import annotations

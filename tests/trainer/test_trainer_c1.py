@@ -91,7 +91,8 @@ def test_statistics_helpers():
     assert math.isnan(pearson(x, [1.0] * 5))
     assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(np.corrcoef([0, 1.5, 1.5, 3], [0, 2, 1, 3])[0, 1])
     ci = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])  # t_{0.975,4} = 2.776, s = 1.5811
-    assert (ci.mean, ci.low, ci.high) == pytest.approx((3.0, 3 - 2.776 * 1.5811 / 5 ** 0.5, 3 + 2.776 * 1.5811 / 5 ** 0.5),
+    half_width = 2.776 * 1.5811 / 5 ** 0.5
+    assert (ci.mean, ci.low, ci.high) == pytest.approx((3.0, 3 - half_width, 3 + half_width),
                                                        rel=1e-4)
     assert permutation_p(x, y, pearson, 200, seed=0) == permutation_p(x, y, pearson, 200, seed=0)
 

@@ -1,4 +1,5 @@
 """End to end: a short seeded run learns, and the CLI commands run and write their outputs."""
+import io
 import json
 import sys
 
@@ -20,8 +21,24 @@ def test_short_grpo_run_beats_the_untrained_policy():
     assert late > early
 
 
-TINY = ["--steps", "2", "--prompts", "2", "--group-size", "2", "--warmstart-steps", "2",
-        "--eval-episodes", "4", "--no-progress"]
+TINY_RUN = ["--steps", "2", "--prompts", "2", "--group-size", "2", "--warmstart-steps", "2", "--eval-episodes", "4"]
+TINY = [*TINY_RUN, "--no-progress"]
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path, capsys, monkeypatch):
+    main(["train", *TINY_RUN, "--out", str(tmp_path / "logged")])
+    assert "\r" not in capsys.readouterr().err  # captured: not a terminal, so no bar frames
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    main(["train", *TINY_RUN, "--out", str(tmp_path / "terminal")])
+    assert "\r" in terminal.getvalue() and "warm start" in terminal.getvalue()
 
 
 def test_cli_train_compare_diagnose(tmp_path, capsys):
@@ -64,7 +81,8 @@ def test_two_short_runs_are_identical():
 def test_study_command_on_a_tiny_grid(tmp_path, capsys):
     out = tmp_path / "study"
     main(["study", "--envs", "frozenlake", "--seeds", "2", "--steps", "1", "--warmstart-steps", "2",
-          "--eval-episodes", "4", "--prompts", "2", "--group-size", "2", "--c1-prompts", "4", "--c1-group-size", "2", "--c1-resamples", "20", "--out", str(out)])
+          "--eval-episodes", "4", "--prompts", "2", "--group-size", "2", "--c1-prompts", "4", "--c1-group-size", "2",
+          "--c1-resamples", "20", "--out", str(out)])
     summary = json.loads((out / "study.json").read_text())
     assert summary["machine"]["cpu"] and summary["seeds"] == [0, 1]
     assert set(summary["cells"]) == {"frozenlake/random", "frozenlake/templated"}

@@ -17,6 +17,11 @@
 // x86's max returns when either is NaN, and every later step is arithmetic, so a NaN logit makes the
 // row's fp32 sum NaN; the statistics then mark the whole row NaN as the generic kernels do.
 //
+// Logit transforms (core/row_transform.h): logit_scale is folded into the inverse temperature (the same
+// code as a temperature); softcap computes tanh on the fly from the same exp (avx512_math.h: tanh_half),
+// in the stats pass and, through ds/dz = (1 - tanh^2) logit_scale / T, in the gradient pass; no copy of
+// the row. The extra statistics (token_stats' extra_stats) are further accumulators of the stats pass.
+//
 // The target is set for this file only with a pragma (setup.py has no per-file flags). Other compilers
 // and architectures get no AVX-512 table.
 #include "cpu/kernels/row_kernels.h"
@@ -34,6 +39,8 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+
+#include "cpu/kernels/avx512_math.h"
 
 namespace actfocus::cpu {
 namespace {
@@ -90,48 +97,35 @@ struct Lanes<c10::Half> {
 
 inline __mmask16 tail_mask(int64_t count) { return static_cast<__mmask16>((1u << count) - 1u); }
 
-// exp(x) for x <= 0 (see the file comment); NaN in, NaN out. (Free functions: the constants are
-// hoisted out of the loops by the compiler.)
-// clamp: max(-88, x) keeps a NaN x (x86 max returns its second operand when either is NaN)
-inline __m512 exp_clamp(__m512 x) { return _mm512_max_ps(_mm512_set1_ps(-88.0f), x); }
+// The forms of the centred logits x = s(z) - s(max z) (core/row_transform.h): z - max z (logit_scale / T
+// = 1: the product is skipped, the same value since the subtraction rounds once either way),
+// (z - max z) slope, or the softcap form cap_out (tanh(cap_in z) - tanh(cap_in max z)).
+enum class Form { kUnit, kScaled, kCapped };
 
-// exp of an already clamped x: n = round(x log2 e), r = x - n ln 2 in one step (the error of fp32 ln 2,
-// 2e-9 n, stays below 3e-7 relative at the smallest exp(x) it matters for), ATen exp_u20's degree-5
-// polynomial (1.6e-7 relative on |r| <= ln 2 / 2), times 2^n.
-inline __m512 exp_of_clamped(__m512 x) {
-  const __m512 magic = _mm512_set1_ps(12582912.0f + 127.0f);  // 1.5 * 2^23 + exponent bias
-  const __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic);  // low bits: n + 127
-  const __m512 n = _mm512_sub_ps(t, magic);  // n (exact, as a float)
-  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693147180559945f), x);
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.00828929059f), r, _mm512_set1_ps(0.0418978221f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.166676521f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.499991506f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.999999701f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(t), 23));  // 2^n, 0 at n = -127
-  return _mm512_mul_ps(p, scale);
-}
+template <Form kForm>
+struct Centre {
+  __m512 row_max, slope, cap_in, cap_in2, cap_out, tanh_max;
 
-// exp(x) for finite x >= -80 (no clamp: the caller checked the row's range), 2^n applied by vscalefps:
-// one instruction instead of the shift and the product.
-inline __m512 exp_in_range(__m512 x) {
-  const __m512 magic = _mm512_set1_ps(12582912.0f);  // 1.5 * 2^23: t - magic = round(x log2 e)
-  const __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic);
-  const __m512 n = _mm512_sub_ps(t, magic);
-  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693147180559945f), x);
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.00828929059f), r, _mm512_set1_ps(0.0418978221f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.166676521f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.499991506f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.999999701f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
+  Centre(const RowTransformFloats& transform, float max, float tanh_of_max)
+      : row_max(_mm512_set1_ps(max)), slope(_mm512_set1_ps(transform.slope)),
+        cap_in(_mm512_set1_ps(transform.cap_in)), cap_in2(_mm512_set1_ps(2.0f * transform.cap_in)), cap_out(_mm512_set1_ps(transform.cap_out)),
+        tanh_max(_mm512_set1_ps(tanh_of_max)) {}
 
-// (z - max z) / T; at T = 1 the product is skipped (the same value: the subtraction rounds once either way)
-template <bool kScaled>
-inline __m512 centred(__m512 z, __m512 row_max, __m512 inv_temperature) {
-  const __m512 d = _mm512_sub_ps(z, row_max);
-  return kScaled ? _mm512_mul_ps(d, inv_temperature) : d;
+  // x of z; with softcap also 1 - tanh^2(cap_in z) into derivative and tanh(cap_in z) into tanh (when
+  // given). kTanhInRange: every |2 cap_in z| of the row is <= 80.
+  template <bool kTanhInRange = false>
+  __m512 at(__m512 z, __m512* derivative = nullptr, __m512* tanh = nullptr) const {
+    if constexpr (kForm == Form::kUnit) return _mm512_sub_ps(z, row_max);
+    if constexpr (kForm == Form::kScaled) return _mm512_mul_ps(_mm512_sub_ps(z, row_max), slope);
+    const __m512 t = tanh_half<kTanhInRange>(_mm512_mul_ps(z, cap_in2), derivative);
+    if (tanh != nullptr) *tanh = t;
+    return _mm512_mul_ps(_mm512_sub_ps(t, tanh_max), cap_out);
+  }
+};
+
+// tanh(cap_in max z) exactly as the kernels compute it for an element equal to max z (so that its x is 0).
+inline float tanh_of_max(const RowTransformFloats& transform, float row_max) {
+  return _mm512_cvtss_f32(tanh_half(_mm512_mul_ps(_mm512_set1_ps(row_max), _mm512_set1_ps(2.0f * transform.cap_in))));
 }
 
 inline float max_keep_nan(float a, float b) {
@@ -140,14 +134,139 @@ inline float max_keep_nan(float a, float b) {
   return a < b ? b : a;
 }
 
-template <typename T, bool kScaled, bool kClamp>
-RowStats row_sums(const T* row, int64_t vocab, float inv_temperature, float row_max, const char* next_row);
+// Pass 2's sums: sum exp(x), sum exp(x) x and, with extras, sum exp(2 x), sum x and the first x = 0.
+struct RowSums {
+  float sum;
+  float wsum;
+  float sum_sq;
+  double sum_base;
+  int64_t first_max;
+};
 
 // Rows whose centred logits all lie in [-80, 0] (no -inf, no underflow: typical rows) skip the clamp.
 constexpr float kNoClampRange = 80.0f;
 
+// Pass 2: the sums over x (see RowSums and RowExtras), exp(x) with x clamped at -88 (where exp(x) is 0) unless the
+// row's range needs no clamp. With softcap a -inf logit is given x = -inf explicitly (its tanh is -1).
+template <typename T, Form kForm, bool kClamp, bool kExtras>
+RowSums row_sums(const T* row, int64_t vocab, const Centre<kForm>& centre, float row_max, const char* next_row) {
+  const __m512 minus_inf = _mm512_set1_ps(-kInf), zero = _mm512_setzero_ps();
+  const __m512 v_row_max = _mm512_set1_ps(row_max);
+  __m512 s0 = zero, s1 = zero, w0 = zero, w1 = zero, q0 = zero, q1 = zero;
+  // the mean's terms: fp32 over a chunk of kChunkPairs pairs, then into float64
+  constexpr int64_t kChunkPairs = 32;
+  __m512 chunk = zero;
+  __m512d base = _mm512_setzero_pd();
+  int64_t first_max = -1;
+  // e = exp(x), x clamped for the exp, raw = x unclamped (the maximum test); t = tanh(cap_in z) (softcap)
+  auto terms = [&](__m512 z, __m512& e, __m512& x, __m512& raw, __m512& t) {
+    raw = centre.template at<!kClamp>(z, nullptr, &t);
+    if constexpr (kForm == Form::kCapped && kClamp) {
+      raw = _mm512_mask_mov_ps(raw, _mm512_cmp_ps_mask(z, minus_inf, _CMP_EQ_OQ), minus_inf);
+    }
+    x = kClamp ? exp_clamp(raw) : raw;
+    e = kClamp ? exp_of_clamped(x) : exp_in_range(x);
+  };
+  auto extras = [&](__m512 z, __m512 e, __m512 raw, __m512 t, __mmask16 valid, int64_t index, __m512& sum_sq) {
+    if constexpr (kExtras) {
+      sum_sq = _mm512_fmadd_ps(e, e, sum_sq);
+      __m512 term = z;
+      if constexpr (kForm == Form::kCapped) {
+        term = _mm512_mask_mov_ps(tanh_near_zero(_mm512_mul_ps(z, centre.cap_in), t),
+                                  _mm512_cmp_ps_mask(z, minus_inf, _CMP_EQ_OQ), minus_inf);
+      }
+      chunk = _mm512_add_ps(chunk, _mm512_maskz_mov_ps(valid, term));
+      if (first_max < 0) {
+        const __mmask16 top = _mm512_cmp_ps_mask(raw, zero, _CMP_GE_OQ) & valid;
+        if (top != 0) first_max = index + __builtin_ctz(top);
+      }
+    }
+  };
+  auto accumulate = [&](__m512 z, int64_t index, __m512& sum, __m512& wsum, __m512& sum_sq) {
+    __m512 e, x, raw, t = z;  // t: written with softcap only
+    terms(z, e, x, raw, t);
+    sum = _mm512_add_ps(sum, e);
+    wsum = _mm512_fmadd_ps(e, x, wsum);
+    extras(z, e, raw, t, static_cast<__mmask16>(0xFFFF), index, sum_sq);
+  };
+  const int64_t pairs = vocab - vocab % (2 * kLanes);
+  // the next row into L2, a line at a time, interleaved with the arithmetic (prefetches never fault)
+  constexpr int64_t kPairBytes = 2 * kLanes * static_cast<int64_t>(sizeof(T));
+  int64_t i = 0;
+  for (; i < pairs; i += 2 * kLanes) {
+    if (next_row != nullptr) {
+      const char* line = next_row + i * static_cast<int64_t>(sizeof(T));
+      _mm_prefetch(line, _MM_HINT_T1);
+      if (kPairBytes > 64) _mm_prefetch(line + 64, _MM_HINT_T1);
+    }
+    accumulate(Lanes<T>::load(row + i), i, s0, w0, q0);
+    accumulate(Lanes<T>::load(row + i + kLanes), i + kLanes, s1, w1, q1);
+    if (kExtras && (i / (2 * kLanes)) % kChunkPairs == kChunkPairs - 1) {
+      base = add_as_double(base, chunk);
+      chunk = zero;
+    }
+  }
+  for (; i < vocab; i += kLanes) {
+    // lanes past the row read max z (x = 0, finite) and are then zeroed
+    const __mmask16 mask = tail_mask(std::min<int64_t>(kLanes, vocab - i));
+    const __m512 z = Lanes<T>::load(row + i, mask, v_row_max);
+    __m512 e, x, raw, t = z;  // t: written with softcap only
+    terms(z, e, x, raw, t);
+    e = _mm512_maskz_mov_ps(mask, e);
+    s0 = _mm512_add_ps(s0, e);
+    w0 = _mm512_fmadd_ps(e, x, w0);
+    extras(z, e, raw, t, mask, i, q0);
+  }
+  if (next_row != nullptr) {  // the next row's last lines (its tail past the pairs above)
+    for (int64_t byte = pairs * static_cast<int64_t>(sizeof(T)); byte < vocab * static_cast<int64_t>(sizeof(T));
+         byte += 64) {
+      _mm_prefetch(next_row + byte, _MM_HINT_T1);
+    }
+  }
+  RowSums sums;
+  sums.sum = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+  sums.wsum = _mm512_reduce_add_ps(_mm512_add_ps(w0, w1));
+  sums.sum_sq = kExtras ? _mm512_reduce_add_ps(_mm512_add_ps(q0, q1)) : 0.0f;
+  sums.sum_base = kExtras ? _mm512_reduce_add_pd(add_as_double(base, chunk)) : 0.0;
+  sums.first_max = first_max;
+  return sums;
+}
+
+// Softcap: no -inf or NaN in the row and every |2 cap_in z| <= 80 (the tanh's exp needs no clamp).
+inline bool tanh_in_range(const RowTransformFloats& transform, float row_max, float row_min) {
+  return row_min > -kInf && 2.0f * transform.cap_in * std::max(std::fabs(row_max), std::fabs(row_min)) <= kNoClampRange;
+}
+
+template <typename T, Form kForm, bool kExtras>
+RowSums sums_in_form(const T* row, int64_t vocab, const Centre<kForm>& centre, bool in_range, float row_max,
+                     const char* next_row) {
+  return in_range ? row_sums<T, kForm, false, kExtras>(row, vocab, centre, row_max, next_row)
+                  : row_sums<T, kForm, true, kExtras>(row, vocab, centre, row_max, next_row);
+}
+
+template <typename T, bool kExtras>
+RowSums sums_of(const T* row, int64_t vocab, const RowTransformFloats& transform, float row_max, float row_min,
+                float tanh_max, const char* next_row) {
+  // finite and within range (false for NaN, -inf or an underflowing spread): then no clamp. With softcap
+  // the spread is also at most 2 cap_out.
+  const bool linear_in_range = (row_min - row_max) * transform.slope >= -kNoClampRange;
+  if (transform.cap_in > 0.0f) {
+    const bool in_range = tanh_in_range(transform, row_max, row_min) &&
+                          (linear_in_range || 2.0f * transform.cap_out <= kNoClampRange);
+    return sums_in_form<T, Form::kCapped, kExtras>(row, vocab, Centre<Form::kCapped>(transform, row_max, tanh_max),
+                                                   in_range, row_max, next_row);
+  }
+  if (transform.slope == 1.0f) {
+    return sums_in_form<T, Form::kUnit, kExtras>(row, vocab, Centre<Form::kUnit>(transform, row_max, 0.0f),
+                                                 linear_in_range, row_max, next_row);
+  }
+  return sums_in_form<T, Form::kScaled, kExtras>(row, vocab, Centre<Form::kScaled>(transform, row_max, 0.0f),
+                                                 linear_in_range, row_max, next_row);
+}
+
 template <typename T>
-RowStats row_stats(const void* row_ptr, int64_t vocab, float inv_temperature, const void* next_row) {
+RowStats row_stats(const void* row_ptr, int64_t vocab, const RowTransformFloats& transform, const void* next_row,
+                   RowExtras* extras) {
   const T* row = static_cast<const T*>(row_ptr);
   constexpr int64_t kUnroll = 4;
   const int64_t body = vocab - vocab % (kUnroll * kLanes);
@@ -177,92 +296,42 @@ RowStats row_stats(const void* row_ptr, int64_t vocab, float inv_temperature, co
   }
   const float row_max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)));
   const float row_min = _mm512_reduce_min_ps(_mm512_min_ps(l0, l1));
-  // finite and within range (false for NaN, -inf or an underflowing spread): then no clamp
-  const bool in_range = (row_min - row_max) * inv_temperature >= -kNoClampRange;
+  const float tanh_max = transform.cap_in > 0.0f ? tanh_of_max(transform, row_max) : 0.0f;
 
   const char* next = static_cast<const char*>(next_row);
-  const bool unit = inv_temperature == 1.0f;
-  const RowStats result =
-      in_range ? (unit ? row_sums<T, false, false>(row, vocab, inv_temperature, row_max, next)
-                                   : row_sums<T, true, false>(row, vocab, inv_temperature, row_max, next))
-                           : (unit ? row_sums<T, false, true>(row, vocab, inv_temperature, row_max, next)
-                                   : row_sums<T, true, true>(row, vocab, inv_temperature, row_max, next));
-  const float sum = result.sum;
+  const RowSums sums = extras != nullptr
+                           ? sums_of<T, true>(row, vocab, transform, row_max, row_min, tanh_max, next)
+                           : sums_of<T, false>(row, vocab, transform, row_max, row_min, tanh_max, next);
+  const float sum = sums.sum;
+  if (extras != nullptr) *extras = RowExtras{sums.sum_sq, sums.sum_base, sums.first_max};
   // a NaN or +inf logit makes the whole row NaN (a NaN reaches sum through pass 2's arithmetic; every
   // exp(x) of a finite row lies in [0, 1], so its sum is finite)
   if (row_max != row_max || row_max == kInf || !std::isfinite(sum)) {
     const float nan = std::numeric_limits<float>::quiet_NaN();
-    return RowStats{nan, nan, nan, nan};
+    return RowStats{nan, nan, nan, nan, nan, false};
   }
-  return RowStats{row_max, sum, static_cast<float>(std::log(static_cast<double>(sum))), result.mean_shift};
+  return RowStats{row_max, sum, static_cast<float>(std::log(static_cast<double>(sum))), sums.wsum / sum, tanh_max,
+                  transform.cap_in > 0.0f && tanh_in_range(transform, row_max, row_min)};
 }
 
-// Pass 2: sum exp(x) and sum exp(x) x / sum, x = (z - max z) / T, clamped at -88 (where exp(x) is 0)
-// unless the row's range needs no clamp.
-template <typename T, bool kScaled, bool kClamp>
-RowStats row_sums(const T* row, int64_t vocab, float inv_temperature, float row_max, const char* next_row) {
-  const __m512 minus_inf = _mm512_set1_ps(-kInf);
-  const __m512 v_inv_temperature = _mm512_set1_ps(inv_temperature), v_row_max = _mm512_set1_ps(row_max);
-  const __m512 zero = _mm512_setzero_ps();
-  __m512 s0 = zero, s1 = zero, w0 = zero, w1 = zero;
-  auto terms = [&](__m512 z, __m512& e, __m512& x) {
-    const __m512 d = centred<kScaled>(z, v_row_max, v_inv_temperature);
-    x = kClamp ? exp_clamp(d) : d;
-    e = kClamp ? exp_of_clamped(x) : exp_in_range(x);
-  };
-  auto accumulate = [&](__m512 z, __m512& sum, __m512& wsum) {
-    __m512 e, x;
-    terms(z, e, x);
-    sum = _mm512_add_ps(sum, e);
-    wsum = _mm512_fmadd_ps(e, x, wsum);
-  };
-  const int64_t pairs = vocab - vocab % (2 * kLanes);
-  // the next row into L2, a line at a time, interleaved with the arithmetic (prefetches never fault)
-  constexpr int64_t kPairBytes = 2 * kLanes * static_cast<int64_t>(sizeof(T));
-  int64_t i = 0;
-  for (; i < pairs; i += 2 * kLanes) {
-    if (next_row != nullptr) {
-      const char* line = next_row + i * static_cast<int64_t>(sizeof(T));
-      _mm_prefetch(line, _MM_HINT_T1);
-      if (kPairBytes > 64) _mm_prefetch(line + 64, _MM_HINT_T1);
-    }
-    accumulate(Lanes<T>::load(row + i), s0, w0);
-    accumulate(Lanes<T>::load(row + i + kLanes), s1, w1);
-  }
-  for (; i < vocab; i += kLanes) {
-    // lanes past the row read max z (x = 0, finite) and are then zeroed
-    const __mmask16 mask = tail_mask(std::min<int64_t>(kLanes, vocab - i));
-    __m512 e, x;
-    terms(Lanes<T>::load(row + i, mask, v_row_max), e, x);
-    e = _mm512_maskz_mov_ps(mask, e);
-    s0 = _mm512_add_ps(s0, e);
-    w0 = _mm512_fmadd_ps(e, x, w0);
-  }
-  if (next_row != nullptr) {  // the next row's last lines (its tail past the pairs above)
-    for (int64_t byte = pairs * static_cast<int64_t>(sizeof(T)); byte < vocab * static_cast<int64_t>(sizeof(T));
-         byte += 64) {
-      _mm_prefetch(next_row + byte, _MM_HINT_T1);
-    }
-  }
-  const float sum = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-  const float wsum = _mm512_reduce_add_ps(_mm512_add_ps(w0, w1));
-  return RowStats{row_max, sum, 0.0f, wsum / sum};
-}
-
-template <typename T, bool kScaled>
-void row_grad_impl(const T* row, T* grad, int64_t vocab, float inv_temperature, const RowStats& stats,
-                   float grad_scale, float coef, float entropy_coef) {
-  const __m512 v_inv_temperature = _mm512_set1_ps(inv_temperature), v_row_max = _mm512_set1_ps(stats.max);
+template <typename T, Form kForm, bool kTanhInRange>
+void row_grad_impl(const T* row, T* grad, int64_t vocab, const Centre<kForm>& centre, const RowStats& stats,
+                   float grad_scale, float coef, float centred_coef) {
+  const __m512 v_row_max = _mm512_set1_ps(stats.max);
   const __m512 v_log_sum = _mm512_set1_ps(stats.log_sum), v_mean_shift = _mm512_set1_ps(stats.mean_shift);
   const __m512 v_grad_scale = _mm512_set1_ps(grad_scale), v_coef = _mm512_set1_ps(coef);
-  const __m512 v_entropy_coef = _mm512_set1_ps(entropy_coef), v_floor = _mm512_set1_ps(-FLT_MAX);
-  // grad_scale (entropy_coef (p (x - mean_shift)) - coef p): p (x - mean_shift) is formed first, so
-  // p = 0 makes it 0 whatever entropy_coef is; x is floored at -FLT_MAX (a -inf logit: 0, not NaN)
+  const __m512 v_centred_coef = _mm512_set1_ps(centred_coef), v_floor = _mm512_set1_ps(-FLT_MAX);
+  // grad_scale (centred_coef (p (x - mean_shift)) - coef p) [times 1 - tanh^2 with softcap]: p (x - mean_shift)
+  // is formed first, so p = 0 makes it 0 whatever centred_coef is; x is floored at -FLT_MAX (a -inf logit:
+  // 0, not NaN); with softcap x is finite and 1 - tanh^2 is 0 for a -inf logit
   auto grad_of = [&](__m512 z) {
-    const __m512 x = _mm512_max_ps(v_floor, centred<kScaled>(z, v_row_max, v_inv_temperature));
+    __m512 derivative = v_floor;  // written with softcap only
+    const __m512 x = _mm512_max_ps(v_floor, centre.template at<kTanhInRange>(z, &derivative));
     const __m512 p = exp_of_clamped(exp_clamp(_mm512_sub_ps(x, v_log_sum)));
     const __m512 q = _mm512_mul_ps(p, _mm512_sub_ps(x, v_mean_shift));
-    return _mm512_mul_ps(v_grad_scale, _mm512_fmsub_ps(v_entropy_coef, q, _mm512_mul_ps(v_coef, p)));
+    const __m512 bracket = _mm512_fmsub_ps(v_centred_coef, q, _mm512_mul_ps(v_coef, p));
+    if constexpr (kForm == Form::kCapped) return _mm512_mul_ps(v_grad_scale, _mm512_mul_ps(derivative, bracket));
+    return _mm512_mul_ps(v_grad_scale, bracket);
   };
   const int64_t pairs = vocab - vocab % (2 * kLanes);
   int64_t i = 0;
@@ -278,14 +347,23 @@ void row_grad_impl(const T* row, T* grad, int64_t vocab, float inv_temperature, 
 }
 
 template <typename T>
-void row_grad(const void* row_ptr, void* grad_ptr, int64_t vocab, float inv_temperature,
-              const RowStats& stats, float grad_scale, float coef, float entropy_coef) {
+void row_grad(const void* row_ptr, void* grad_ptr, int64_t vocab, const RowTransformFloats& transform,
+              const RowStats& stats, float grad_scale, float coef, float centred_coef) {
   const T* row = static_cast<const T*>(row_ptr);
   T* grad = static_cast<T*>(grad_ptr);
-  if (inv_temperature == 1.0f) {
-    row_grad_impl<T, false>(row, grad, vocab, inv_temperature, stats, grad_scale, coef, entropy_coef);
+  if (transform.cap_in > 0.0f) {
+    const Centre<Form::kCapped> centre(transform, stats.max, stats.tanh_max);
+    if (stats.tanh_in_range) {
+      row_grad_impl<T, Form::kCapped, true>(row, grad, vocab, centre, stats, grad_scale, coef, centred_coef);
+    } else {
+      row_grad_impl<T, Form::kCapped, false>(row, grad, vocab, centre, stats, grad_scale, coef, centred_coef);
+    }
+  } else if (transform.slope == 1.0f) {
+    row_grad_impl<T, Form::kUnit, false>(row, grad, vocab, Centre<Form::kUnit>(transform, stats.max, 0.0f), stats,
+                                         grad_scale, coef, centred_coef);
   } else {
-    row_grad_impl<T, true>(row, grad, vocab, inv_temperature, stats, grad_scale, coef, entropy_coef);
+    row_grad_impl<T, Form::kScaled, false>(row, grad, vocab, Centre<Form::kScaled>(transform, stats.max, 0.0f), stats,
+                                           grad_scale, coef, centred_coef);
   }
 }
 

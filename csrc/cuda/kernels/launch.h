@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "core/row_dtype.h"
+#include "core/row_transform.h"
 #include "core/token_loss.h"
 
 namespace actfocus::cuda {
@@ -31,9 +32,12 @@ struct RowParams {
   float* entropy;
   float* ratio;    // policy_loss only
   bool* clipped;   // policy_loss only
+  float* log_sum_sq_probs;  // token_stats with extra_stats only (null: no extras)
+  float* mean_logits;       // token_stats with extra_stats only
+  bool* is_top1;            // token_stats with extra_stats only
   const float* target_coef;   // row_gradient only
   const float* prob_coef;     // row_gradient only
-  const float* entropy_coefs; // row_gradient only
+  const float* centred_coef;  // row_gradient only
   // shapes
   int64_t rows;   // N, at most 2^31 - 1
   int64_t vocab;  // V >= 1
@@ -42,12 +46,12 @@ struct RowParams {
   int64_t dlogits_row_stride;
   // options
   RowDtype dtype;
-  double temperature;
+  RowTransform transform;  // temperature, logit_scale, softcap
   int64_t ignore_index;
   LossOptions loss;
 };
 
-// logp, energy and entropy of every row; one read of the logits.
+// logp, energy and entropy of every row (and the extras when log_sum_sq_probs is set); one read of the logits.
 cudaError_t launch_token_stats(const RowParams& params, cudaStream_t stream);
 
 // The fused policy loss of every row (and its gradient when dlogits is set). Uses the cluster

@@ -37,7 +37,7 @@ __device__ __forceinline__ void cluster_wait_acquire() {
 
 // grid: rows * C blocks, cluster (C, 1, 1); dynamic shared memory: slice_vectors * 16 bytes.
 // Every row of logits and dlogits starts on a 16-byte boundary (checked by the launcher).
-template <typename T>
+template <typename T, typename F>
 __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const RowParams params,
                                                                       const int64_t slice_vectors) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900
@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const Row
   const unsigned cluster_size = cluster.num_blocks();
   const int64_t row = blockIdx.x / cluster_size;
   const int64_t vocab = params.vocab;
-  const float k = clamped_over_temperature(kLog2eDouble, params.temperature);
+  const F form = make_form<F>(params.transform);
   const T* logits = static_cast<const T*>(params.logits) + row * params.logits_row_stride;
   const int64_t vectors = vocab / kVec;
   const int64_t tail_start = vectors * kVec;
@@ -86,7 +86,7 @@ __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const Row
         slice[j] = loaded[u];
         float z[kVec];
         IO::to_float(loaded[u], z);
-        accumulate(state, z, k);
+        accumulate(state, z, form);
       }
     }
   }
@@ -94,16 +94,16 @@ __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const Row
   if (has_tail_element) {
     tail_logit = IO::load(logits + tail_start + threadIdx.x);
     const float z[1] = {tail_logit};
-    accumulate(state, z, k);
+    accumulate(state, z, form);
   }
-  block_reduce(state, k, scratch);  // leaves the CTA's state in scratch[kMaxWarps]
+  block_reduce(state, form, scratch);  // leaves the CTA's state in scratch[kMaxWarps]
 
   // the row's state: the cluster's CTA states combined by warp 0 in rank order
   cluster.sync();  // every CTA's state is written and visible cluster-wide
   if (threadIdx.x < kWarpSize) {
     RowState part = empty_state();
     if (threadIdx.x < cluster_size) part = *cluster.map_shared_rank(&scratch[kMaxWarps], threadIdx.x);
-    part = warp_reduce(part, k);
+    part = warp_reduce(part, form);
     if (threadIdx.x == 0) row_state = part;
   }
   __syncthreads();
@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const Row
 
   // the token: every CTA computes the same loss; rank 0 writes the per-token outputs
   if (threadIdx.x == 0) {
-    const TokenStatistics stats = token_statistics(total, target.counts, target.logit, params.temperature);
+    const TokenStatistics stats = token_statistics(total, target.counts, target.logit, params.transform);
     const TokenInputs inputs = read_token_inputs(params, row, target.counts);
     const TokenLoss loss = token_loss(stats.logp, stats.entropy, inputs, params.loss);
     if (rank == 0) {
@@ -124,7 +124,8 @@ __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const Row
       params.clipped[row] = loss.clipped;
     }
     shared_coef = loss.coef;
-    shared_grad_scale = clamped_over_temperature(inputs.scale, params.temperature);
+    shared_grad_scale = clamped_over_temperature(inputs.scale * params.transform.logit_scale,
+                                                 params.transform.temperature);
     shared_active = target.counts && inputs.scale != 0.0f;
   }
   __syncthreads();
@@ -133,13 +134,14 @@ __global__ void __launch_bounds__(kClusterThreads) cluster_rows_kernel(const Row
   T* grad = static_cast<T*>(params.dlogits) + row * params.dlogits_row_stride;
   uint4* grad_body = reinterpret_cast<uint4*>(grad) + first;
   if (shared_active) {
-    RowGrad g;
+    RowGrad<F> g;
+    g.form = form;
     g.row_max = total.max;
-    g.k = k;
+    g.tanh_max = total.tanh_max;
     g.log2_sum = log2f(total.sum);
     g.mean_shift2 = total.wsum / total.sum;
     g.grad_scale = shared_grad_scale;
-    g.entropy_ln2 = params.loss.entropy_coef * kLn2;
+    g.centred_ln2 = params.loss.entropy_coef * kLn2;
     g.coef = shared_coef;
     g.target_coef = shared_coef;
     g.target = target.onehot;
@@ -175,10 +177,10 @@ cudaError_t not_supported() {
   return cudaErrorNotSupported;
 }
 
-template <typename T>
+template <typename T, typename F>
 cudaError_t launch_cluster_rows(const RowParams& params, cudaStream_t stream) {
   constexpr int kVec = VecIO<T>::kSize;
-  const auto kernel = cluster_rows_kernel<T>;
+  const auto kernel = cluster_rows_kernel<T, F>;
   if (params.dlogits == nullptr ||
       !row_starts_aligned(params.logits, params.logits_row_stride, sizeof(T)) ||
       !row_starts_aligned(params.dlogits, params.dlogits_row_stride, sizeof(T))) {
@@ -234,18 +236,24 @@ cudaError_t launch_cluster_rows(const RowParams& params, cudaStream_t stream) {
   return cudaLaunchKernelEx(&config, kernel, params, slice_vectors);
 }
 
+template <typename F>
+cudaError_t launch_cluster_rows_in_form(const RowParams& params, cudaStream_t stream) {
+  switch (params.dtype) {
+    case RowDtype::kFloat32:
+      return launch_cluster_rows<float, F>(params, stream);
+    case RowDtype::kFloat16:
+      return launch_cluster_rows<__half, F>(params, stream);
+    case RowDtype::kBFloat16:
+      return launch_cluster_rows<__nv_bfloat16, F>(params, stream);
+  }
+  return cudaErrorNotSupported;
+}
+
 }  // namespace
 
 cudaError_t launch_policy_loss_cluster(const RowParams& params, cudaStream_t stream) {
-  switch (params.dtype) {
-    case RowDtype::kFloat32:
-      return launch_cluster_rows<float>(params, stream);
-    case RowDtype::kFloat16:
-      return launch_cluster_rows<__half>(params, stream);
-    case RowDtype::kBFloat16:
-      return launch_cluster_rows<__nv_bfloat16>(params, stream);
-  }
-  return cudaErrorNotSupported;
+  return params.transform.capped() ? launch_cluster_rows_in_form<Form<true, false>>(params, stream)
+                                   : launch_cluster_rows_in_form<Form<false, false>>(params, stream);
 }
 
 }  // namespace actfocus::cuda

@@ -1,11 +1,15 @@
 // Device code shared by the CUDA row kernels: 16-byte vector conversions, the online softmax state
 // of a row and its warp / block reduction, the gradient of one element. Torch-free.
 //
-// A row's state is kept relative to the running maximum m of the raw logits z, in base 2:
-// x_v = (z_v - m) * log2(e) / T (the difference is taken before scaling, so extreme logits stay
-// exact), sum = sum_v 2^x_v and wsum = sum_v 2^x_v x_v. Then, in natural units,
-//   log_sum = ln(sum), lse = m / T + log_sum, energy = -(m + T log_sum),
-//   mean_shift = ln(2) wsum / sum (= sum_v p_v s_v - m / T), entropy = log_sum - mean_shift.
+// A row's state is kept relative to the running maximum m of the raw logits z, in base 2, on the
+// centred transformed logits x_v = log2(e) (s(z_v) - s(m)) (core/row_transform.h): without softcap
+// x_v = (z_v - m) k with k = log2(e) logit_scale / T (the difference is taken before scaling, so
+// extreme logits stay exact); with softcap x_v = cap_out2 (tanh(cap_in z_v) - tanh(cap_in m)).
+// sum = sum_v 2^x_v and wsum = sum_v 2^x_v x_v. Then, in natural units,
+//   log_sum = ln(sum), lse = s(m) + log_sum, energy = -T lse,
+//   mean_shift = ln(2) wsum / sum (= sum_v p_v s_v - s(m)), entropy = log_sum - mean_shift.
+// With the extras (token_stats' extra_stats) also sum_sq = sum_v 2^(2 x_v), sum_base = sum_v z_v (or
+// sum_v tanh(cap_in z_v)) in float64 and max_before = the maximum of z over the indices before the target.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -114,33 +118,82 @@ struct VecIO<__half> {
   __device__ static void store(__half* dst, float value) { *dst = __float2half_rn(value); }
 };
 
-// Online softmax state of (part of) a row; sum == 0 means no finite element seen yet.
-struct RowState {
-  float max;   // m: max of the raw logits seen
-  float sum;   // sum 2^x
-  float wsum;  // sum 2^x x
+// The kernels' constants of a row's transform, and which parts of the state they keep: F::kCapped
+// (softcap on), F::kExtras (the extra statistics).
+template <bool kCappedArg, bool kExtrasArg>
+struct Form {
+  static constexpr bool kCapped = kCappedArg;
+  static constexpr bool kExtras = kExtrasArg;
+  float k;         // log2(e) logit_scale / T (without softcap)
+  float cap_in;    // logit_scale / softcap
+  float cap_out2;  // log2(e) softcap / T
 };
 
-__device__ __forceinline__ RowState empty_state() { return RowState{neg_inf(), 0.0f, 0.0f}; }
-
-// x = (z - m) * k floored at -FLT_MAX, so that 2^x x is 0 (not NaN) for z = -inf.
-__device__ __forceinline__ float centred(float z, float row_max, float k) {
-  return fmaxf((z - row_max) * k, -FLT_MAX);
+template <typename F>
+__host__ __device__ __forceinline__ F make_form(const RowTransform& transform) {
+  F form;
+  form.k = clamped_over_temperature(kLog2eDouble * transform.logit_scale, transform.temperature);
+  form.cap_in = transform.cap_in();
+  form.cap_out2 = clamped_over_temperature(kLog2eDouble * transform.softcap, transform.temperature);
+  return form;
 }
 
-// Re-expresses a non-empty state relative to new_max >= state.max (sum and wsum only):
-// x' = x + shift, sum' = 2^shift sum, wsum' = 2^shift (wsum + shift sum). The shift is floored at
-// -FLT_MAX and 2^shift shift is formed first, so a vanishing factor gives 0, never 0 * inf.
-__device__ __forceinline__ void rescale(RowState& state, float new_max, float k) {
-  const float shift = fmaxf((state.max - new_max) * k, -FLT_MAX);
+// tanh(y) from e = exp(-2|y|) (one MUFU exp2): tanh|y| = (1 - e) / (1 + e); with derivative, also
+// 1 - tanh^2(y) = 4 e / (1 + e)^2 (0 for y = +-inf). NaN in, NaN out.
+__device__ __forceinline__ float tanh_exp2(float y, float* derivative = nullptr) {
+  const float e = fast_exp2(-2.0f * kLog2e * fabsf(y));
+  const float r = 1.0f / (1.0f + e);
+  if (derivative != nullptr) *derivative = 4.0f * e * (r * r);
+  return copysignf((1.0f - e) * r, y);
+}
+
+// Online softmax state of (part of) a row; sum == 0 means no finite element seen yet.
+struct RowState {
+  float max;       // m: max of the raw logits seen
+  float sum;       // sum 2^x
+  float wsum;      // sum 2^x x
+  float tanh_max;  // softcap: tanh(cap_in m) as tanh_exp2 computes it
+  float sum_sq;    // extras: sum 2^(2 x)
+  double sum_base; // extras: sum z (or tanh(cap_in z)), -inf with a -inf entry
+  float max_before;  // extras: max z over the indices before the target
+};
+
+__device__ __forceinline__ RowState empty_state() {
+  return RowState{neg_inf(), 0.0f, 0.0f, -1.0f, 0.0f, 0.0, neg_inf()};
+}
+
+// x of z relative to the state's maximum (row_max, tanh_max), floored at -FLT_MAX, so that 2^x x is 0
+// (not NaN) for z = -inf; with softcap and derivative, also 1 - tanh^2(cap_in z) (0 for z = -inf).
+template <typename F>
+__device__ __forceinline__ float centred(float z, float row_max, float tanh_max, const F& form,
+                                         float* derivative = nullptr) {
+  if constexpr (F::kCapped) {
+    const float x = (tanh_exp2(form.cap_in * z, derivative) - tanh_max) * form.cap_out2;
+    return z == neg_inf() ? -FLT_MAX : fmaxf(x, -FLT_MAX);
+  } else {
+    return fmaxf((z - row_max) * form.k, -FLT_MAX);
+  }
+}
+
+// Re-expresses a non-empty state relative to new_max >= state.max (new_tanh: its tanh_max):
+// x' = x + shift, sum' = 2^shift sum, wsum' = 2^shift (wsum + shift sum), sum_sq' = 4^shift sum_sq.
+// The shift is floored at -FLT_MAX and 2^shift shift is formed first, so a vanishing factor gives 0,
+// never 0 * inf.
+template <typename F>
+__device__ __forceinline__ void rescale(RowState& state, float new_max, float new_tanh, const F& form) {
+  const float shift = F::kCapped ? fmaxf((state.tanh_max - new_tanh) * form.cap_out2, -FLT_MAX)
+                                 : fmaxf((state.max - new_max) * form.k, -FLT_MAX);
   const float factor = fast_exp2(shift);
   state.wsum = factor * state.wsum + (factor * shift) * state.sum;
   state.sum *= factor;
+  if constexpr (F::kExtras) state.sum_sq *= factor * factor;
 }
 
-// Adds n values to the state (k = log2(e) / T): one rescale when their maximum raises m.
-template <int n>
-__device__ __forceinline__ void accumulate(RowState& state, const float (&z)[n], float k) {
+// Adds n values to the state: one rescale when their maximum raises m. With the extras, the values'
+// indices are first_index, first_index + 1, ... and target is the row's target.
+template <int n, typename F>
+__device__ __forceinline__ void accumulate(RowState& state, const float (&z)[n], const F& form,
+                                           int64_t first_index = 0, int64_t target = -1) {
   float block_max = z[0];
   bool poisoned = false;  // NaN or +inf: the row's statistics are NaN (fmaxf would drop a NaN)
 #pragma unroll
@@ -151,61 +204,105 @@ __device__ __forceinline__ void accumulate(RowState& state, const float (&z)[n],
   if (poisoned) {  // NaN is sticky: later adds, rescales and combines keep it
     state.sum = __int_as_float(0x7fc00000);
     state.wsum = state.sum;
+    state.sum_sq = state.sum;
+    state.sum_base = state.sum;
     return;
+  }
+  if constexpr (F::kExtras) {
+#pragma unroll
+    for (int i = 0; i < n; ++i) {
+      state.sum_base += F::kCapped ? (z[i] == neg_inf() ? -INFINITY : static_cast<double>(tanhf(form.cap_in * z[i])))
+                                   : static_cast<double>(z[i]);
+      if (first_index + i < target) state.max_before = fmaxf(state.max_before, z[i]);
+    }
   }
   if (!(block_max > neg_inf())) return;  // all -inf: nothing to add
   if (block_max > state.max) {
-    if (state.sum > 0.0f) rescale(state, block_max, k);
+    const float new_tanh = F::kCapped ? tanh_exp2(form.cap_in * block_max) : 0.0f;
+    if (state.sum > 0.0f) rescale(state, block_max, new_tanh, form);
     state.max = block_max;
+    state.tanh_max = new_tanh;
   }
 #pragma unroll
   for (int i = 0; i < n; ++i) {
-    const float x = centred(z[i], state.max, k);
+    const float x = centred(z[i], state.max, state.tanh_max, form);
     const float e = fast_exp2(x);
     state.sum += e;
     state.wsum = fmaf(e, x, state.wsum);
+    if constexpr (F::kExtras) state.sum_sq = fmaf(e, e, state.sum_sq);
   }
 }
 
-__device__ __forceinline__ RowState combine(const RowState& a, const RowState& b, float k) {
+template <typename F>
+__device__ __forceinline__ RowState combine(const RowState& a, const RowState& b, const F& form) {
   if (a.sum != a.sum) return a;  // NaN (a NaN or +inf logit) wins
   if (b.sum != b.sum) return b;
-  if (b.sum == 0.0f) return a;
-  if (a.sum == 0.0f) return b;
-  const float row_max = fmaxf(a.max, b.max);
+  RowState out = a;
+  if constexpr (F::kExtras) {  // the extras of the elements seen, whether finite or -inf
+    out.sum_base = a.sum_base + b.sum_base;
+    out.max_before = fmaxf(a.max_before, b.max_before);
+  }
+  if (b.sum == 0.0f) return out;
+  if (a.sum == 0.0f) {
+    const double sum_base = out.sum_base;
+    const float max_before = out.max_before;
+    out = b;
+    out.sum_base = sum_base;
+    out.max_before = max_before;
+    return out;
+  }
+  const bool a_leads = a.max >= b.max;
+  const float row_max = a_leads ? a.max : b.max;
+  const float new_tanh = a_leads ? a.tanh_max : b.tanh_max;
   RowState left = a;
   RowState right = b;
-  rescale(left, row_max, k);
-  rescale(right, row_max, k);
-  return RowState{row_max, left.sum + right.sum, left.wsum + right.wsum};
+  rescale(left, row_max, new_tanh, form);
+  rescale(right, row_max, new_tanh, form);
+  out.max = row_max;
+  out.tanh_max = new_tanh;
+  out.sum = left.sum + right.sum;
+  out.wsum = left.wsum + right.wsum;
+  out.sum_sq = left.sum_sq + right.sum_sq;
+  return out;
 }
 
+template <typename F>
 __device__ __forceinline__ RowState shuffle_down(const RowState& state, int offset) {
-  return RowState{__shfl_down_sync(0xffffffffu, state.max, offset),
-                  __shfl_down_sync(0xffffffffu, state.sum, offset),
-                  __shfl_down_sync(0xffffffffu, state.wsum, offset)};
+  RowState out = state;
+  out.max = __shfl_down_sync(0xffffffffu, state.max, offset);
+  out.sum = __shfl_down_sync(0xffffffffu, state.sum, offset);
+  out.wsum = __shfl_down_sync(0xffffffffu, state.wsum, offset);
+  if constexpr (F::kCapped) out.tanh_max = __shfl_down_sync(0xffffffffu, state.tanh_max, offset);
+  if constexpr (F::kExtras) {
+    out.sum_sq = __shfl_down_sync(0xffffffffu, state.sum_sq, offset);
+    out.sum_base = __shfl_down_sync(0xffffffffu, state.sum_base, offset);
+    out.max_before = __shfl_down_sync(0xffffffffu, state.max_before, offset);
+  }
+  return out;
 }
 
 // Lane 0 of each warp gets the warp's combined state (a fixed tree: deterministic).
-__device__ __forceinline__ RowState warp_reduce(RowState state, float k) {
+template <typename F>
+__device__ __forceinline__ RowState warp_reduce(RowState state, const F& form) {
 #pragma unroll
   for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    state = combine(state, shuffle_down(state, offset), k);
+    state = combine(state, shuffle_down<F>(state, offset), form);
   }
   return state;
 }
 
 // The block's combined state, the same in every thread. scratch: kMaxWarps + 1 states of shared
 // memory. Contains __syncthreads: every thread of the block must call it.
-__device__ __forceinline__ RowState block_reduce(RowState state, float k, RowState* scratch) {
+template <typename F>
+__device__ __forceinline__ RowState block_reduce(RowState state, const F& form, RowState* scratch) {
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   const int warps = (blockDim.x + kWarpSize - 1) / kWarpSize;
-  state = warp_reduce(state, k);
+  state = warp_reduce(state, form);
   if (lane == 0) scratch[warp] = state;
   __syncthreads();
   if (warp == 0) {
-    state = warp_reduce(lane < warps ? scratch[lane] : empty_state(), k);
+    state = warp_reduce(lane < warps ? scratch[lane] : empty_state(), form);
     if (lane == 0) scratch[kMaxWarps] = state;
   }
   __syncthreads();
@@ -256,38 +353,68 @@ struct TokenStatistics {
 };
 
 __device__ __forceinline__ TokenStatistics token_statistics(const RowState& state, bool has_target,
-                                                            float target_logit, double temperature) {
+                                                            float target_logit, const RowTransform& transform) {
   const double log_sum = log(static_cast<double>(state.sum));
   const float mean_shift = kLn2 * (state.wsum / state.sum);
   TokenStatistics out;
-  out.logp = has_target ? (static_cast<double>(target_logit) - state.max) / temperature - log_sum : 0.0;
-  out.energy = static_cast<float>(-(state.max + temperature * log_sum));
+  out.logp = has_target ? transform.centred(target_logit, state.max) - log_sum : 0.0;
+  out.energy = static_cast<float>(-(transform.tempered(state.max) + transform.temperature * log_sum));
   out.entropy = static_cast<float>(log_sum - mean_shift);
   return out;
 }
 
+// The extra statistics of a row (token_stats' extra_stats) from its state:
+//   log_sum_sq_probs = ln(sum_sq) - 2 ln(sum), mean_logits = (logit_scale or softcap) sum_base / (V T),
+//   is_top1 = s(z_y) = s(m) and s(max_before) < s(m) (y is the first maximum of s; false without a target
+//   or on a NaN row), s compared through the same fp32 tanh as the state's.
+template <typename F>
+__device__ __forceinline__ void write_extras(const RowParams& params, int64_t row, const RowState& state,
+                                             const RowTarget& target, const F& form) {
+  const RowTransform& transform = params.transform;
+  params.log_sum_sq_probs[row] =
+      static_cast<float>(log(static_cast<double>(state.sum_sq)) - 2.0 * log(static_cast<double>(state.sum)));
+  const double base_scale = transform.capped() ? transform.softcap : transform.logit_scale;
+  params.mean_logits[row] =
+      static_cast<float>(base_scale * (state.sum_base / static_cast<double>(params.vocab)) / transform.temperature);
+  bool top1 = target.onehot >= 0 && state.sum == state.sum;
+  if constexpr (F::kCapped) {
+    const bool before = state.max_before == neg_inf() || tanh_exp2(form.cap_in * state.max_before) < state.tanh_max;
+    top1 = top1 && tanh_exp2(form.cap_in * target.logit) == state.tanh_max && before;
+  } else {
+    top1 = top1 && target.logit == state.max && state.max_before < state.max;
+  }
+  params.is_top1[row] = top1;
+}
+
 // Everything the gradient of one row needs, in base 2 where x is:
-//   dz_v = grad_scale * (entropy_coef ln2 * p_v (x_v - mean_shift2) - coef p_v) [+ grad_scale coef at y]
-//   with p_v = 2^(x_v - log2_sum).
+//   dz_v = grad_scale * ds_v/dz_v / (logit_scale / T) * (centred_ln2 * p_v (x_v - mean_shift2) - coef p_v)
+//   [+ grad_scale ds/dz target_coef at y], with p_v = 2^(x_v - log2_sum) (ds/dz / (logit_scale / T) = 1
+//   without softcap, 1 - tanh^2(cap_in z) with it).
+template <typename F>
 struct RowGrad {
+  F form;
   float row_max;
-  float k;             // log2(e) / T
+  float tanh_max;
   float log2_sum;      // log2(sum)
   float mean_shift2;   // wsum / sum
-  float grad_scale;    // scale / T
-  float entropy_ln2;   // entropy_coef * ln(2)
-  float coef;          // the coefficient of p (c of the token loss)
-  float target_coef;   // the coefficient of the one-hot term (c of the token loss)
+  float grad_scale;    // scale logit_scale / T
+  float centred_ln2;   // the coefficient of p (s - mu), times ln(2)
+  float coef;          // the coefficient of p
+  float target_coef;   // the coefficient of the one-hot term
   int64_t target;      // -1 for none
 };
 
-__device__ __forceinline__ float element_grad(float z, int64_t index, const RowGrad& g) {
-  const float x = centred(z, g.row_max, g.k);
+template <typename F>
+__device__ __forceinline__ float element_grad(float z, int64_t index, const RowGrad<F>& g) {
+  float derivative = 1.0f;
+  const float x = centred(z, g.row_max, g.tanh_max, g.form, &derivative);
   const float p = fast_exp2(x - g.log2_sum);
   // p (x - mean_shift2) first: p = 0 makes it 0 whatever the coefficients are
   // one product: with p = 1 the bracket cancels to 0 before a huge grad_scale (tiny T) multiplies it
   const float onehot = index == g.target ? g.target_coef : 0.0f;
-  return g.grad_scale * (g.entropy_ln2 * (p * (x - g.mean_shift2)) - g.coef * p + onehot);
+  const float bracket = g.centred_ln2 * (p * (x - g.mean_shift2)) - g.coef * p + onehot;
+  if constexpr (F::kCapped) return g.grad_scale * (derivative * bracket);
+  return g.grad_scale * bracket;
 }
 
 // Number of leading elements of row before its first 16-byte boundary (at most vocab).
