@@ -57,6 +57,7 @@ if [ "$DRY_RUN" = 1 ]; then
     read -r -a SELECTION <<<"${PYTEST_ARGS:---ignore=tests/test_install.py tests}"
     COMPARE=(--device cpu --sizes smoke --no-compile)
     VARIANTS=(--device cpu --tokens 64 --vocab 512 --seq-len 16 --repeats 2)
+    TRANSFORMS=(--device cpu --rows 8 --vocab 512 --rounds 2)
     TRL=(--device cpu --batch 2 --prompt 8 --completion 16 --hidden 32 --layers 1 --vocab 256 --repeats 2)
     OPENRLHF=(--device cpu --vocab 256 --hidden 32 --layers 1 --batch 2 --prompt 8 --response 16 --repeats 2)
     NCCL=(--dist-backend gloo --ranks 2 --tokens 16 --vocab 256)
@@ -70,6 +71,7 @@ else
     read -r -a SELECTION <<<"${PYTEST_ARGS:---ignore=tests/test_benchmarks.py --ignore=tests/test_install.py tests}"
     COMPARE=(--device cuda --sizes gpu)
     VARIANTS=(--device cuda --tokens 8192 --vocab 151936)
+    TRANSFORMS=(--device cuda --rows 4096 --vocab 151936 --rounds 10)
     TRL=(--device cuda --batch 16 --completion 512 --hidden 1024 --vocab 151936)
     OPENRLHF=(--device cuda --vocab 151936 --hidden 1024 --batch 8 --response 1024)
     NCCL=(--dist-backend nccl)
@@ -107,6 +109,19 @@ print(f'{major}.{minor}' + ('a' if (major, minor) == (9, 0) else ''))")
     grep -E "^(ninja: |\[[0-9]+/[0-9]+\])" "$RESULTS/build.log" | tail -3
     $PY -c "import actfocus_kernels; from actfocus_kernels import native; print('actfocus_kernels', \
 actfocus_kernels.__version__, native.build_info())"
+}
+
+# run_step LOG MAX_S FILTER COMMAND...: COMMAND into $RESULTS/LOG within the time left less 10 s (at most
+# MAX_S when not 0), the log through FILTER (a command line reading it) shown, its last 20 lines too when
+# it failed; STEP_RESULT: done or FAILED (rc N)
+run_step() {
+    local log=$RESULTS/$1 limit=$(( $(remaining) - 10 )) filter=$3 rc
+    [ "$2" -gt 0 ] && [ "$2" -lt "$limit" ] && limit=$2
+    shift 3
+    timeout "$limit" "$@" >"$log" 2>&1
+    rc=$?
+    eval "$filter" <"$log"
+    if [ "$rc" = 0 ]; then STEP_RESULT=done; else STEP_RESULT="FAILED (rc $rc)"; tail -20 "$log"; fi
 }
 
 check() {
@@ -170,13 +185,11 @@ say "tests $TESTS"
 TP_RESULT=skipped
 if [ "$(remaining)" -ge 120 ]; then  # issue 14: the vocab-parallel path on NCCL, one rank per GPU
     say "vocab-parallel statistics and loss on a ${NCCL[1]} group (benchmarks/tp_nccl_check.py)"
-    timeout 90 $PY -m benchmarks.tp_nccl_check "${NCCL[@]}" >"$RESULTS/tp.log" 2>&1
-    TP_RC=$?
-    tail -8 "$RESULTS/tp.log"
-    TP_RESULT=$([ "$TP_RC" = 0 ] && echo done || echo "FAILED (rc $TP_RC)")
+    run_step tp.log 90 "tail -8" $PY -m benchmarks.tp_nccl_check "${NCCL[@]}"
+    TP_RESULT=$STEP_RESULT
 fi
 
-BENCH_S=$(( $(remaining) - 75 ))  # 60 s of it for the variants table below
+BENCH_S=$(( $(remaining) - 120 ))  # 120 s kept for the variants and transforms tables and the trainer steps
 BENCH=skipped
 if [ "$BENCH_S" -ge 60 ]; then
     say "benchmarks: python -m benchmarks.compare ${COMPARE[*]} (budget $((BENCH_S - 45))s)"
@@ -194,10 +207,15 @@ fi
 VARIANTS_RESULT=skipped
 if [ "$(remaining)" -ge 40 ]; then
     say "policy variants against their eager form (benchmarks/bench_variants.py ${VARIANTS[*]})"
-    timeout $(( $(remaining) - 10 )) $PY -m benchmarks.bench_variants "${VARIANTS[@]}" >"$RESULTS/variants.log" 2>&1
-    VARIANTS_RC=$?
-    tail -16 "$RESULTS/variants.log"
-    VARIANTS_RESULT=$([ "$VARIANTS_RC" = 0 ] && echo done || echo "FAILED (rc $VARIANTS_RC)")
+    run_step variants.log 0 "tail -16" $PY -m benchmarks.bench_variants "${VARIANTS[@]}"
+    VARIANTS_RESULT=$STEP_RESULT
+fi
+
+TRANSFORMS_RESULT=skipped
+if [ "$(remaining)" -ge 40 ]; then
+    say "logit transforms and extra statistics against the plain pass (benchmarks/bench_transforms.py ${TRANSFORMS[*]})"
+    run_step transforms.log 0 "tail -24" $PY -m benchmarks.bench_transforms "${TRANSFORMS[@]}"
+    TRANSFORMS_RESULT=$STEP_RESULT
 fi
 
 TRL_RESULT=skipped
@@ -205,11 +223,8 @@ if ! $PY -c "import trl" 2>/dev/null; then
     say "TRL step (benchmarks/bench_trl_step.py): skipped, trl is not installed (carry its wheel, header)"
 elif [ "$(remaining)" -ge 60 ]; then
     say "TRL GRPO step without generation, stock vs ActFocusGRPOTrainer (benchmarks/bench_trl_step.py ${TRL[*]})"
-    timeout $(( $(remaining) - 10 )) $PY -m benchmarks.bench_trl_step "${TRL[@]}" >"$RESULTS/trl.log" 2>&1
-    TRL_RC=$?
-    grep -E "^\||^TRL" "$RESULTS/trl.log"
-    TRL_RESULT=$([ "$TRL_RC" = 0 ] && echo done || echo "FAILED (rc $TRL_RC)")
-    [ "$TRL_RC" -ne 0 ] && tail -20 "$RESULTS/trl.log"
+    run_step trl.log 0 'grep -E "^\||^TRL"' $PY -m benchmarks.bench_trl_step "${TRL[@]}"
+    TRL_RESULT=$STEP_RESULT
 fi
 
 OPENRLHF_RESULT=skipped
@@ -218,18 +233,15 @@ if ! $PY -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('open
     say "OpenRLHF actor forward + loss (benchmarks/bench_openrlhf.py): skipped, openrlhf is not installed"
 elif [ "$(remaining)" -ge 60 ]; then
     say "OpenRLHF actor forward + loss, stock vs ours (benchmarks/bench_openrlhf.py ${OPENRLHF[*]})"
-    timeout $(( $(remaining) - 10 )) $PY -m benchmarks.bench_openrlhf "${OPENRLHF[@]}" >"$RESULTS/openrlhf.log" 2>&1
-    OPENRLHF_RC=$?
-    grep -E "^\||^OpenRLHF" "$RESULTS/openrlhf.log"
-    OPENRLHF_RESULT=$([ "$OPENRLHF_RC" = 0 ] && echo done || echo "FAILED (rc $OPENRLHF_RC)")
-    [ "$OPENRLHF_RC" -ne 0 ] && tail -20 "$RESULTS/openrlhf.log"
+    run_step openrlhf.log 0 'grep -E "^\||^OpenRLHF"' $PY -m benchmarks.bench_openrlhf "${OPENRLHF[@]}"
+    OPENRLHF_RESULT=$STEP_RESULT
 fi
 
-say "summary: build $BUILD | tests $TESTS | vocab-parallel $TP_RESULT | benchmarks $BENCH | variants $VARIANTS_RESULT | TRL $TRL_RESULT | OpenRLHF $OPENRLHF_RESULT | $(elapsed)s of ${DEADLINE_S}s"
+say "summary: build $BUILD | tests $TESTS | vocab-parallel $TP_RESULT | benchmarks $BENCH | variants $VARIANTS_RESULT | transforms $TRANSFORMS_RESULT | TRL $TRL_RESULT | OpenRLHF $OPENRLHF_RESULT | $(elapsed)s of ${DEADLINE_S}s"
 # a dry run must have run every step; on the GPU, the tests and the benchmarks must have
 [[ "$BUILD" = ok* ]] && [ "$TESTS" = passed ] && [ "$BENCH" = done ] && [[ "$VARIANTS_RESULT" != FAILED* ]] \
-    && [[ "$TRL_RESULT" != FAILED* ]] && [[ "$TP_RESULT" != FAILED* ]] && [[ "$OPENRLHF_RESULT" != FAILED* ]] \
-    && { [ "$DRY_RUN" = 0 ] || { [ "$TRL_RESULT" = done ] && [ "$VARIANTS_RESULT" = done ] && [ "$TP_RESULT" = done ]; }; }
+    && [[ "$TRANSFORMS_RESULT" != FAILED* ]] && [[ "$TRL_RESULT" != FAILED* ]] && [[ "$TP_RESULT" != FAILED* ]] && [[ "$OPENRLHF_RESULT" != FAILED* ]] \
+    && { [ "$DRY_RUN" = 0 ] || { [ "$TRL_RESULT" = done ] && [ "$VARIANTS_RESULT" = done ] && [ "$TRANSFORMS_RESULT" = done ] && [ "$TP_RESULT" = done ]; }; }
 }
 
 check 2>&1 | tee "$LOG"
