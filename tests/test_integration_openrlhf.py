@@ -37,7 +37,7 @@ except ImportError:
 from actfocus_kernels import ActFocusConfig, PolicyLossConfig, TokenStats, actfocus_weights  # noqa: E402
 from actfocus_kernels.integrations import openrlhf as af  # noqa: E402
 
-from toy_lm import toy_model, toy_tokenizer  # noqa: E402
+from toy_lm import FAMILIES, toy_family, toy_model, toy_tokenizer  # noqa: E402
 
 TOL = 1e-5
 
@@ -333,6 +333,27 @@ def test_fused_actor_forward_equals_openrlhf(packing, temperature, dtype):
     for name, grad in their_grads.items():
         tol = TOL if dtype == torch.float32 else 1e-2
         assert float((our_grads[name].double() - grad.double()).norm()) <= tol * float(grad.double().norm()), name
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_fused_actor_forward_of_a_transforming_family_equals_openrlhf(family, packing):
+    """Gemma 2's softcap (30, reached by the toy's large weights), Cohere's and Granite's scales: the model's
+    own forward transforms its logits, the fused forward applies the same transform in the kernels."""
+    model = toy_family(family, seed=3)
+    stock, ours = PEER.actor.Actor(model), PEER.actor.Actor(model)
+    for actor in (stock, ours):
+        actor.packing_samples, actor.temperature = packing, 0.7
+    af.patch_actor_with_actfocus(ours)
+    data = rollout(model.config.vocab_size)
+    their_logp, their_entropy, their_grads, _ = forward_and_grads(model, stock, *data)
+    our_logp, our_entropy, our_grads, _ = forward_and_grads(model, ours, *data)
+    entropy_mask = data[1][:, 1:].bool() if packing else torch.ones_like(our_entropy, dtype=torch.bool)
+    assert_close(our_logp, their_logp, "log_probs")
+    assert_close(our_entropy[entropy_mask], their_entropy[entropy_mask], "entropy")
+    assert set(our_grads) == set(their_grads)
+    for name, grad in their_grads.items():
+        assert float((our_grads[name].double() - grad.double()).norm()) <= TOL * float(grad.double().norm()), name
 
 
 def test_fused_actor_forward_energy_and_all_log_probs():

@@ -15,7 +15,7 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from actfocus_kernels.integrations.trl import ActFocusGRPOConfig, ActFocusGRPOTrainer  # noqa: E402
 
-from toy_lm import PROMPTS, SPECIALS, WORDS, toy_model, toy_reward, toy_tokenizer  # noqa: E402
+from toy_lm import FAMILIES, PROMPTS, SPECIALS, WORDS, toy_family, toy_model, toy_reward, toy_tokenizer  # noqa: E402
 from trl_helpers import config_kwargs, flat_params, logged, rel, rollout_batch  # noqa: E402
 
 TOL = 1e-5  # issue 24: loss and the gradient within 1e-5 of stock TRL
@@ -37,27 +37,6 @@ def toy_moe(seed: int = 0):
                             max_position_embeddings=64, tie_word_embeddings=False, initializer_range=0.5,
                             router_aux_loss_coef=AUX_COEF, pad_token_id=0, eos_token_id=1, bos_token_id=1)
     return Qwen2MoeForCausalLM(config)
-
-
-# model family -> (transformers class prefix, the config fields TRL's fused head reads)
-FAMILIES = {"gemma2": ("Gemma2", dict(head_dim=16, final_logit_softcapping=30.0)),
-            "cohere": ("Cohere", dict(logit_scale=0.5)),
-            "granite": ("Granite", dict(logits_scaling=4.0))}
-
-
-def toy_family(name: str, seed: int = 0):
-    """A one-layer model of a family whose logits TRL's fused head transforms: Gemma 2's final-logit
-    softcapping (30, reached by the large initial weights), Cohere's ``logit_scale`` and Granite's
-    ``logits_scaling`` (its logits divided by it)."""
-    import transformers
-
-    prefix, fields = FAMILIES[name]
-    config = getattr(transformers, f"{prefix}Config")(
-        vocab_size=len(SPECIALS) + len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=False,
-        initializer_range=0.5, pad_token_id=0, eos_token_id=1, bos_token_id=1, **fields)
-    torch.manual_seed(seed)
-    return getattr(transformers, f"{prefix}ForCausalLM")(config)
 
 
 MODELS = {"qwen2": toy_model, "qwen2-moe": toy_moe, **{name: (lambda name=name: toy_family(name)) for name in FAMILIES}}

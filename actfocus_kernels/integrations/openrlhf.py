@@ -38,6 +38,7 @@ from ..layout import TokenLayout
 from ..rollout_correction import rollout_correction
 from ..rows import check
 from ..variants import TokenTerms, objective
+from .heads import logit_transform
 from .spans import DEFAULT_ACTION_PATTERN, SpanRule, action_token_mask, check_offsets_tokenizer, check_span_rule
 
 POLICY_TYPES = ("ppo", "gspo")
@@ -226,13 +227,8 @@ class ActorOutput(dict):
 
 
 def _causal_lm(model: nn.Module) -> nn.Module:
-    """The Hugging Face causal LM (unwrapping a peft model), checked for what the fused path covers."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for field in ("final_logit_softcapping", "logit_scale"):
-        value = getattr(inner.config, field, None)
-        check(not value, f"the fused OpenRLHF actor forward does not support config.{field}={value!r} yet",
-              NotImplementedError)
-    return inner
+    """The Hugging Face causal LM (unwrapping a peft model)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _router_aux_loss(inner: nn.Module, router_logits, attention_mask: Optional[Tensor]) -> Tensor:
@@ -252,10 +248,13 @@ def actor_forward_with_actfocus(self, sequences: Tensor, action_mask: Optional[T
                                 return_energy: bool = False, **mm_inputs):
     """OpenRLHF's ``Actor.forward`` with ``linear_token_stats``: position t's statistics of the logits
     ``z_t = h_t W^T (+ b)`` of the next token ``sequences[t + 1]`` at temperature ``self.temperature``
-    (``logp = s[y] - lse``, ``H = lse - sum p s``, ``E = -T lse``, ``s = z / T``), differentiable in the
-    hidden states and the head. Returns the action log-probs ``log_probs[:, -A:] * action_mask`` (without
-    ``action_mask``, with ``return_logprobs``: all ``[B, L - 1]`` log-probs), and with ``return_output``
-    an ``ActorOutput`` holding ``entropy`` / ``energy`` (``return_entropy`` / ``return_energy``). Padded, or packed
+    (``logp = s[y] - lse``, ``H = lse - sum p s``, ``E = -T lse``, ``s = z / T``; ``z`` transformed in the
+    kernels as the model family's own forward transforms it, ``heads.logit_transform``: Gemma 2's softcap,
+    Cohere's and Granite's scales), differentiable in the hidden states and the head.
+
+    Returns the action log-probs ``log_probs[:, -A:] * action_mask`` (without ``action_mask``, with
+    ``return_logprobs``: all ``[B, L - 1]`` log-probs), and with ``return_output`` an ``ActorOutput``
+    holding ``entropy`` / ``energy`` (``return_entropy`` / ``return_energy``). Padded, or packed
     (``self.packing_samples``: the tokens ``attention_mask`` keeps, one packed row, scattered back)."""
     check(ring_attn_group is None, "the fused OpenRLHF actor forward does not support ring attention",
           NotImplementedError)
@@ -284,8 +283,9 @@ def actor_forward_with_actfocus(self, sequences: Tensor, action_mask: Optional[T
         forward_mask = attention_mask
         outputs = base(sequences, attention_mask=attention_mask, position_ids=positions, **extra)
         hidden, targets = outputs[0], rolled
+    logit_scale, softcap = logit_transform(inner.config.get_text_config())
     stats = linear_token_stats(hidden.to(head.weight.dtype), head.weight, targets, float(self.temperature),
-                               bias=head.bias)
+                               bias=head.bias, logit_scale=logit_scale, softcap=softcap)
 
     def padded(x: Tensor) -> Tensor:  # [B, L - 1], zeros on the padding of a packed batch
         if packed:

@@ -13,34 +13,22 @@ from __future__ import annotations
 import contextlib
 import functools
 import types
-from typing import Iterator, Optional
+from typing import Iterator
 
 import torch
 import transformers
 from packaging.version import Version
 from trl.trainer.utils import FusedCausalLMOutput
 
-
-def logit_transform(text_config) -> tuple[float, Optional[float]]:
-    """``(logit_scale, softcap)`` of a model's logits, read as TRL 1.16's ``add_fused_lm_head`` reads
-    them: ``logit_scale``, else ``output_multiplier``, else ``lm_head_multiplier``, else
-    ``1 / logits_scaling`` (HyperCLOVA X: ``logits_scaling``); ``final_logit_softcapping``."""
-    scale = getattr(text_config, "logit_scale", None)
-    for name in ("output_multiplier", "lm_head_multiplier"):
-        scale = getattr(text_config, name, None) if scale is None else scale
-    scaling = getattr(text_config, "logits_scaling", None)
-    if scale is None and scaling is not None:
-        scale = scaling if text_config.model_type == "hyperclovax" else 1 / scaling
-    return 1.0 if scale is None else scale, getattr(text_config, "final_logit_softcapping", None)
+from ..heads import logit_transform
 
 
 def head_options(model, cast_lm_head_to_fp32: bool) -> dict:
     """The keyword arguments of the linear losses that make them compute TRL's logits of ``model``:
-    ``logit_scale`` and ``softcap`` (``logit_transform``, applied inside the kernels) and
+    ``logit_scale`` and ``softcap`` (``heads.logit_transform``, applied inside the kernels) and
     ``logits_dtype=torch.float32`` with ``cast_lm_head_to_fp32`` (TRL's fp32 GEMM of the head)."""
     scale, softcap = logit_transform(model.config.get_text_config())
-    return dict(logit_scale=float(scale), softcap=None if softcap is None else float(softcap),
-                logits_dtype=torch.float32 if cast_lm_head_to_fp32 else None)
+    return dict(logit_scale=scale, softcap=softcap, logits_dtype=torch.float32 if cast_lm_head_to_fp32 else None)
 
 
 def check_trl_model(model) -> None:
