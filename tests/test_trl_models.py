@@ -19,10 +19,11 @@ from toy_lm import FAMILIES, PROMPTS, SPECIALS, WORDS, toy_family, toy_model, to
 from trl_helpers import config_kwargs, flat_params, logged, rel, rollout_batch  # noqa: E402
 
 TOL = 1e-5  # issue 24: loss and the gradient within 1e-5 of stock TRL
-# each parameter's own gradient: the MoE's attention biases reach 1.5e-5 (measured; against a float64 run of
-# stock TRL, stock fp32 is 7.9e-6 and ours 1.4e-5 off there: the fp32 rounding of the loss gradient, amplified
-# through the routed layer, not the aux loss, whose removal leaves it as it is)
-PER_PARAMETER_TOL = 3e-5
+# Each parameter's own gradient, against stock's and the exact one (the same fp32 backbone, the head and the
+# loss in float64: exact_head_grads): within 1e-5 of stock's beyond stock's own distance from exact, and within
+# 1e-5 of exact or closer to it than stock's. A bare 1e-5 from stock per tensor is below stock's own rounding:
+# measured on the MoE's k_proj bias, ours 1.5e-5 from stock, stock 1.4e-5 and ours 9.6e-6 from exact (stock's
+# fp32 rounding of the loss gradient, amplified through the routed layer), so no correct implementation meets it.
 AUX_COEF = 0.05
 
 
@@ -62,6 +63,23 @@ def build(trainer_cls, config_cls, model_dir, tmp_path, **options):
                        train_dataset=Dataset.from_dict({"prompt": PROMPTS}), processing_class=toy_tokenizer())
 
 
+def exact_head_grads(trainer, inputs, monkeypatch):
+    """``loss_and_grad`` with the head and the loss in float64 (the reference backend) on the fp32 backbone."""
+    from actfocus_kernels.integrations.trl import trainer as trainer_module
+
+    fused = trainer_module.linear_policy_loss
+
+    def in_float64(hidden, weight, targets, old_logp, advantages, mask, *, bias=None, ref_logp=None, **options):
+        def wide(x):
+            return None if x is None else x.double()
+        return fused(hidden.double(), weight.double(), targets, wide(old_logp), wide(advantages), mask, bias=wide(bias),
+                     ref_logp=wide(ref_logp), backend="reference", **options)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module, "linear_policy_loss", in_float64)
+        return loss_and_grad(trainer, inputs)[1]
+
+
 def loss_and_grad(trainer, inputs):
     trainer.current_gradient_accumulation_steps = 2
     trainer.model.train()
@@ -73,7 +91,7 @@ def loss_and_grad(trainer, inputs):
 
 
 @pytest.mark.parametrize("model_name,loss_type,options", CASES, ids=[f"{m}-{lt}" for m, lt, _ in CASES])
-def test_loss_and_every_gradient_equal_stock_trl(model_name, loss_type, options, model_dirs, tmp_path):
+def test_loss_and_every_gradient_equal_stock_trl(model_name, loss_type, options, model_dirs, tmp_path, monkeypatch):
     options = dict(options, loss_type=loss_type, gradient_accumulation_steps=2)
     stock = build(GRPOTrainer, GRPOConfig, model_dirs[model_name], tmp_path, **options)
     ours = build(ActFocusGRPOTrainer, ActFocusGRPOConfig, model_dirs[model_name], tmp_path, **options)
@@ -84,12 +102,14 @@ def test_loss_and_every_gradient_equal_stock_trl(model_name, loss_type, options,
     assert abs(float(our_loss - stock_loss)) <= TOL * max(abs(float(stock_loss)), 1.0)
     names = [name for name, _ in stock.model.named_parameters()]
     assert rel(torch.cat([g.flatten() for g in our_grads]), torch.cat([g.flatten() for g in stock_grads])) <= TOL
-    for name, a, b in zip(names, our_grads, stock_grads):
-        assert rel(a, b) <= PER_PARAMETER_TOL, name
     if model_name == "qwen2-moe":
         assert ours._metrics["train"]["aux_loss"] == pytest.approx(stock._metrics["train"]["aux_loss"], rel=1e-6)
         router = [g for n, g in zip(names, stock_grads) if n.endswith("mlp.gate.weight")]
         assert router and float(router[0].norm()) > 0  # the aux loss reaches the router
+    exact = exact_head_grads(ours, inputs, monkeypatch)
+    for name, a, b, c in zip(names, our_grads, stock_grads, exact):
+        assert rel(a, b) <= TOL + rel(b, c), (name, rel(a, b), rel(b, c))
+        assert rel(a, c) <= max(TOL, rel(b, c)), (name, rel(a, c), rel(b, c))
 
 
 @pytest.mark.parametrize("model_name,loss_type,options", CASES, ids=[f"{m}-{lt}" for m, lt, _ in CASES])
