@@ -44,7 +44,10 @@ VERL_PIN := verl==0.9.1
 # OpenRLHF needs deepspeed and peft to import its package: installed alone, its loss and actor modules are
 # loaded from their files by the tests
 OPENRLHF_PIN := openrlhf==0.11.2
-NO_DEPS_PINS := liger-kernel==0.8.5 $(VERL_PIN) $(OPENRLHF_PIN)
+# DeepSpeed's CPU accelerator runs ZeRO-3 on gloo (tests/test_trl_zero3.py); an sdist that imports torch to
+# build (none of its C++ ops is built: DS_BUILD_OPS defaults to 0; the one it needs compiles on first use)
+DEEPSPEED_PIN := deepspeed==0.19.8
+NO_DEPS_PINS := liger-kernel==0.8.5 $(VERL_PIN) $(OPENRLHF_PIN) $(DEEPSPEED_PIN)
 
 .PHONY: test test-cpu lint test-wheel test-device wheels demo study ops-demo bench install deps cu-deps \
 	device-deps cuda-compile clean
@@ -56,7 +59,7 @@ $(STAMP): $(PY) requirements-dev.txt
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements-dev.txt
-	$(PIP) install -q --no-deps $(NO_DEPS_PINS)
+	$(PIP) install -q --no-deps --no-build-isolation $(NO_DEPS_PINS)
 	touch $@
 
 deps: $(STAMP)

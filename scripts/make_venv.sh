@@ -6,7 +6,8 @@
 #    of every install here (PIP_CONSTRAINT): it replaces a machine-wide cap on torch (a pip config
 #    `constraint`), and nothing installed later moves torch;
 # 3. requirements-dev.txt without its triton pin (stage 1's): the triton this torch pins stays;
-# 4. NO_DEPS_PACKAGES with --no-deps (peers whose own requirements conflict: verl);
+# 4. NO_DEPS_PACKAGES with --no-deps (peers whose own requirements conflict: verl) and without build
+#    isolation (deepspeed's sdist imports torch to build);
 # then touches VENV/.deps-installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,6 @@ PIP=("$VENV/bin/python" -m pip)
 "${PIP[@]}" install -q -r "$TORCH_REQ"
 grep -v '^triton==' requirements-dev.txt > "$VENV/requirements-dev.txt"
 "${PIP[@]}" install -q -r "$VENV/requirements-dev.txt"
-[ $# -eq 0 ] || "${PIP[@]}" install -q --no-deps "$@"
+[ $# -eq 0 ] || "${PIP[@]}" install -q --no-deps --no-build-isolation "$@"
 "$VENV/bin/python" -c 'import sys, torch, triton; print(f"{sys.argv[1]}: Python {sys.version.split()[0]}, torch {torch.__version__}, triton {triton.__version__}")' "$VENV"
 touch "$VENV/.deps-installed"

@@ -138,17 +138,6 @@ def test_accumulation_and_kl_drift_of_two_adam_steps(model_dirs, tmp_path):
     assert drift <= 1e-5
 
 
-def test_zero3_is_a_construction_error(model_dirs, tmp_path, monkeypatch):
-    import transformers.integrations.deepspeed as deepspeed_integration
-
-    stock = build(GRPOTrainer, GRPOConfig, model_dirs["qwen2"], tmp_path)
-    monkeypatch.setattr(deepspeed_integration, "is_deepspeed_zero3_enabled", lambda: True)
-    from actfocus_kernels.integrations.trl import check_trl_model
-
-    with pytest.raises(ValueError, match="ZeRO-3"):
-        check_trl_model(stock.model)
-
-
 def test_vlm_text_config_equals_stock_trl(tmp_path):
     """A vision-language model (Llava over a tiny Qwen2 text model) on a text batch: TRL's text config and
     backbone, the language model's head; loss and gradient equal stock TRL's."""

@@ -15,12 +15,12 @@ The modules, one job each:
 
 - ``options``: ``ActFocusGRPOConfig``, ``check_trl_options`` and ``trl_loss_plan`` (TRL option ->
   ``PolicyLossConfig``, the mapping in its docstring);
-- ``model``: ``check_trl_model`` and ``add_hidden_states_forward`` (the model patch);
+- ``model``: ``add_hidden_states_forward`` (the model patch) and ``head_call`` (the LM head under ZeRO-3);
 - ``trainer``: ``ActFocusGRPOTrainer`` (TRL's hooks and the loss assembly);
 - ``metrics``: the metrics stock TRL logs, and the ActFocus ones.
 """
 from .metrics import log_actfocus_metrics, log_trl_metrics
-from .model import add_hidden_states_forward, check_trl_model
+from .model import add_hidden_states_forward, head_call
 from .options import (
                       IGNORE_INDEX,
                       LOSS_TYPES,
@@ -33,5 +33,5 @@ from .options import (
 from .trainer import ActFocusGRPOTrainer
 
 __all__ = ["ActFocusGRPOConfig", "ActFocusGRPOTrainer", "IGNORE_INDEX", "LOSS_TYPES", "LossPlan", "PPO_LOSS_TYPES",
-           "add_hidden_states_forward", "check_trl_model", "check_trl_options", "log_actfocus_metrics",
+           "add_hidden_states_forward", "check_trl_options", "head_call", "log_actfocus_metrics",
            "log_trl_metrics", "trl_loss_plan"]

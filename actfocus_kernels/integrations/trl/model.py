@@ -1,4 +1,4 @@
-"""Model patching for the TRL drop-in: which models the loss covers, and a forward that returns the
+"""Model patching for the TRL drop-in: the logits' transform of the model family, a forward that returns the
 backbone's last hidden states in place of TRL's fused log-probs (the LM head is applied inside
 ``linear_policy_loss``, so the logits are never materialised, as in TRL 1.16's own fused LM head).
 
@@ -6,21 +6,25 @@ The hidden states travel through TRL's own ``_get_per_token_logps_and_entropies`
 inputs, its chunking, its ``[:, -logits_to_keep:]`` slice: only the completion positions reach the
 head), so every model TRL's ``add_fused_lm_head`` serves is served the same way: the backbone looked
 up per call (FSDP, PEFT), VLM text configs, the hidden states moved to the head's device
-(``device_map``), MoE router logits and TRL's load-balancing loss.
+(``device_map``), MoE router logits and TRL's load-balancing loss; under DeepSpeed ZeRO-3 the loss runs as
+the LM head module's forward (``head_call``).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import types
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 import transformers
 from packaging.version import Version
+from torch import Tensor
 from trl.trainer.utils import FusedCausalLMOutput
 
 from ..heads import logit_transform
+
+T = TypeVar("T")
 
 
 def head_options(model, cast_lm_head_to_fp32: bool) -> dict:
@@ -31,20 +35,32 @@ def head_options(model, cast_lm_head_to_fp32: bool) -> dict:
     return dict(logit_scale=scale, softcap=softcap, logits_dtype=torch.float32 if cast_lm_head_to_fp32 else None)
 
 
-def check_trl_model(model) -> None:
-    """A ``ValueError`` under DeepSpeed ZeRO-3: its LM head is an empty partition outside the head's own
-    forward (TRL gathers it with ``maybe_gather_lm_head_ctx`` inside the model's forward, and again in a
-    recomputing backward, which the two-pass losses would need: not built, and deepspeed is not testable
-    here). Scaled and soft-capped logits and fp32 heads are served (``head_options``).
+def head_call(model, fn: Callable[[Tensor], T], hidden: Tensor) -> T:
+    """``fn(hidden)`` (``fn`` returns a tensor or a tuple of tensors, computed from ``hidden`` and the LM head's
+    parameters); under DeepSpeed ZeRO-3 run as the LM head module's own forward, ``head(hidden)``, so that
+    ZeRO-3's module hooks fire around it: the head, a partition of numel 0 outside its forward, is gathered
+    for ``fn``, gathered again for the backward of what ``fn`` returns, and its gradient reduced to the
+    partitions (TRL gathers it with ``maybe_gather_lm_head_ctx`` in a forward of its own instead).
 
     Args:
         model: the (unwrapped) causal LM.
+        fn: the computation on the head; hidden: its input (the module's, so that ZeRO-3 releases the
+            gathered head after the backward has passed through it).
     """
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
-    if is_deepspeed_zero3_enabled():
-        raise ValueError("ActFocusGRPOTrainer does not support DeepSpeed ZeRO-3 yet (the LM head is partitioned "
-                         "outside its forward): use FSDP2 (docs/integrations.md, Scale) or ZeRO-2")
+    if not is_deepspeed_zero3_enabled():
+        return fn(hidden)
+    head = model.get_output_embeddings()
+    shadowed = head.__dict__.get("forward")
+    head.forward = fn  # an instance attribute: the module's forward for this call only
+    try:
+        return head(hidden)
+    finally:
+        if shadowed is None:
+            del head.forward
+        else:
+            head.forward = shadowed
 
 
 def router_aux_loss(model, text_config, backbone_outputs, attention_mask):

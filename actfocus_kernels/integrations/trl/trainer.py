@@ -20,11 +20,11 @@ from torch import Tensor
 from trl import GRPOTrainer
 
 from ...api import actfocus_weights
-from ...config import TokenStats
+from ...config import PolicyLossOutput, TokenStats
 from ...linear import linear_policy_loss, linear_token_stats
 from ..spans import action_token_mask, check_offsets_tokenizer
 from .metrics import log_actfocus_metrics, log_trl_metrics
-from .model import add_hidden_states_forward, check_trl_model, head_options, hidden_states_mode
+from .model import add_hidden_states_forward, head_call, head_options, hidden_states_mode
 from .options import IGNORE_INDEX, check_trl_options, trl_loss_plan
 
 #: the multimodal inputs of a TRL batch that TRL's ``_compute_loss`` hands to the model
@@ -41,7 +41,6 @@ class ActFocusGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         check_trl_options(self.args)
         target = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        check_trl_model(target)
         self._actfocus_logits = head_options(target, self.args.cast_lm_head_to_fp32)
         self._actfocus_on = bool(getattr(self.args, "actfocus_enabled", False))
         if self._actfocus_on:
@@ -86,10 +85,14 @@ class ActFocusGRPOTrainer(GRPOTrainer):
         targets = input_ids[:, -logits_to_keep:].masked_fill(attention_mask[:, -logits_to_keep:] == 0, IGNORE_INDEX)
         targets = targets.to(hidden.device)
         batch_size = batch_size or input_ids.size(0)
-        parts = [linear_token_stats(hidden[start:start + batch_size], weight, targets[start:start + batch_size],
-                                    self.temperature, bias=bias, **self._actfocus_logits)
-                 for start in range(0, input_ids.size(0), batch_size)]
-        stats = TokenStats(*(torch.cat(x, dim=0) for x in zip(*parts)))
+
+        def stats_of(hidden: Tensor) -> Tuple[Tensor, ...]:
+            parts = [linear_token_stats(hidden[start:start + batch_size], weight, targets[start:start + batch_size],
+                                        self.temperature, bias=bias, **self._actfocus_logits)
+                     for start in range(0, input_ids.size(0), batch_size)]
+            return tuple(torch.cat(x, dim=0) for x in zip(*parts))
+
+        stats = TokenStats(*head_call(self._actfocus_head_owner, stats_of, hidden))
         self._actfocus_rollout_stats = stats
         return stats.logp, (stats.entropy if compute_entropy else None), None
 
@@ -146,25 +149,12 @@ class ActFocusGRPOTrainer(GRPOTrainer):
             weights = weights * factor
         return weights
 
-    def _compute_loss(self, model, inputs):
-        """TRL's loss (``options.trl_loss_plan``) from the fused linear policy loss, plus TRL's metrics and
-        (ActFocus on) the action / reasoning energies, the weight statistics and the action-token share."""
-        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
-        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        hidden, aux_loss = self._actfocus_hidden(model, input_ids, attention_mask, completion_ids.size(1),
-                                                 compute_aux_loss=self.aux_loss_enabled,
-                                                 **{key: inputs.get(key) for key in MULTIMODAL_KEYS})
-        inputs = on_device(inputs, hidden.device)  # device_map: the loss runs where the LM head is, as TRL's
-        completion_mask = inputs["completion_mask"]
-        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
-        targets = inputs["completion_ids"].masked_fill(completion_mask == 0, IGNORE_INDEX)
+    def _actfocus_head_loss(self, hidden: Tensor, inputs: dict, mask: Tensor, targets: Tensor, advantages: Tensor,
+                            plan) -> Tuple[Tensor, PolicyLossOutput, Tensor]:
+        """The loss on the LM head (``head_call`` runs it): the fused linear policy loss with TRL's token
+        weights and (ActFocus on) the ActFocus weights, times the plan's factor, less the masked entropy
+        bonus. Returns ``(loss, the policy loss's output, the entropy-bonus tokens)``."""
         weight, bias = self._actfocus_head()
-        mode = "train" if self.model.training else "eval"
-        plan = trl_loss_plan(self, inputs, mode)
-        advantages = inputs["advantages"]  # [B] (TRL), or [B, T] / [B, 1] from a subclass
-        advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
 
         @functools.lru_cache(maxsize=None)
         def current() -> TokenStats:
@@ -194,6 +184,35 @@ class ActFocusGRPOTrainer(GRPOTrainer):
             entropy = linear_token_stats(hidden, weight, targets, self.temperature, bias=bias,
                                          **self._actfocus_logits).entropy
             loss = loss - plan.masked_bonus * (entropy * effective).sum() / effective.sum().clamp(min=1.0)
+        return loss, out, effective
+
+    def _compute_loss(self, model, inputs):
+        """TRL's loss (``options.trl_loss_plan``) from the fused linear policy loss, plus TRL's metrics and
+        (ActFocus on) the action / reasoning energies, the weight statistics and the action-token share."""
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        hidden, aux_loss = self._actfocus_hidden(model, input_ids, attention_mask, completion_ids.size(1),
+                                                 compute_aux_loss=self.aux_loss_enabled,
+                                                 **{key: inputs.get(key) for key in MULTIMODAL_KEYS})
+        inputs = on_device(inputs, hidden.device)  # device_map: the loss runs where the LM head is, as TRL's
+        completion_mask = inputs["completion_mask"]
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        targets = inputs["completion_ids"].masked_fill(completion_mask == 0, IGNORE_INDEX)
+        mode = "train" if self.model.training else "eval"
+        plan = trl_loss_plan(self, inputs, mode)
+        advantages = inputs["advantages"]  # [B] (TRL), or [B, T] / [B, 1] from a subclass
+        advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+        parts = {}
+
+        def on_head(hidden: Tensor) -> Tensor:
+            loss, parts["out"], parts["effective"] = self._actfocus_head_loss(hidden, inputs, mask, targets,
+                                                                              advantages, plan)
+            return loss
+
+        loss = head_call(self._actfocus_head_owner, on_head, hidden)
+        out, effective = parts["out"], parts["effective"]
         if self.use_adaptive_entropy and mode == "train":
             self._adapt_entropy_coef(out.entropy, effective)
         if self.aux_loss_enabled:  # TRL's: scaled for gradient accumulation as the policy loss
@@ -202,7 +221,7 @@ class ActFocusGRPOTrainer(GRPOTrainer):
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
         log_trl_metrics(self, mode, out, mask, advantages, inputs, plan)
         if self._actfocus_on:
-            log_actfocus_metrics(self, mode, out, mask, action)
+            log_actfocus_metrics(self, mode, out, mask, inputs.get("actfocus_action_mask"))
         return loss
 
     def _adapt_entropy_coef(self, entropy: Tensor, mask: Tensor) -> None:
