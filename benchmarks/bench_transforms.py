@@ -10,7 +10,7 @@ the rounds is reported, so that a machine shared with other work slows every opt
 Prediction: on a GPU each pass is bound by the bytes it reads and writes, so the transform (a tanh per
 element) and the extras (three more accumulators) should be free (~1.0x). On the CPU the passes are
 bound by arithmetic: the plain pass costs one exp per element, softcap adds a second exp and a
-reciprocal (its tanh, avx512_math.h), so ~1.6-2x; logit_scale folds into the temperature (1.0x).
+reciprocal (its tanh as a sigmoid, avx512_math.h), so ~1.5-2x; logit_scale folds into the temperature (1.0x).
 
     python -m benchmarks.bench_transforms [--device cpu] [--rows 256] [--vocab 151936] [--rounds 15]
 """

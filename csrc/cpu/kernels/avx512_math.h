@@ -4,68 +4,78 @@
 
 #include <immintrin.h>
 
+#include <cmath>
+
 namespace actfocus::cpu {
 namespace {
 
-// exp(x) for x <= 0 (see the file comment); NaN in, NaN out. (Free functions: the constants are
+// The exps (see row_kernels_avx512.cpp's comment); NaN in, NaN out. (Free functions: the constants are
 // hoisted out of the loops by the compiler.)
 // clamp: max(-88, x) keeps a NaN x (x86 max returns its second operand when either is NaN)
 inline __m512 exp_clamp(__m512 x) { return _mm512_max_ps(_mm512_set1_ps(-88.0f), x); }
 
-// exp of an already clamped x: n = round(x log2 e), r = x - n ln 2 in one step (the error of fp32 ln 2,
-// 2e-9 n, stays below 3e-7 relative at the smallest exp(x) it matters for), ATen exp_u20's degree-5
-// polynomial (1.6e-7 relative on |r| <= ln 2 / 2), times 2^n.
+// e^r for |r| <= ln 2 / 2: ATen exp_u20's degree-5 polynomial (1.6e-7 relative).
+inline __m512 exp_poly(__m512 r) {
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.00828929059f), r, _mm512_set1_ps(0.0418978221f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.166676521f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.499991506f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.999999701f));
+  return _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+}
+
+// exp of an already clamped x (-88 <= x <= 88): n = round(x log2 e), r = x - n ln 2 in one step (the
+// error of fp32 ln 2, 2e-9 n, stays below 3e-7 relative at the smallest exp(x) it matters for),
+// exp_poly(r) times 2^n, made by shifting n + 127 into the exponent field (0 at n = -127).
 inline __m512 exp_of_clamped(__m512 x) {
   const __m512 magic = _mm512_set1_ps(12582912.0f + 127.0f);  // 1.5 * 2^23 + exponent bias
   const __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic);  // low bits: n + 127
   const __m512 n = _mm512_sub_ps(t, magic);  // n (exact, as a float)
   const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693147180559945f), x);
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.00828929059f), r, _mm512_set1_ps(0.0418978221f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.166676521f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.499991506f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.999999701f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(t), 23));  // 2^n, 0 at n = -127
-  return _mm512_mul_ps(p, scale);
+  const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(t), 23));  // 2^n
+  return _mm512_mul_ps(exp_poly(r), scale);
 }
 
-// exp(x) for finite x >= -80 (no clamp: the caller checked the row's range), 2^n applied by vscalefps:
+// exp(x) for finite |x| <= 80 (no clamp: the caller checked the row's range), 2^n applied by vscalefps:
 // one instruction instead of the shift and the product.
 inline __m512 exp_in_range(__m512 x) {
   const __m512 magic = _mm512_set1_ps(12582912.0f);  // 1.5 * 2^23: t - magic = round(x log2 e)
   const __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic);
   const __m512 n = _mm512_sub_ps(t, magic);
   const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693147180559945f), x);
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.00828929059f), r, _mm512_set1_ps(0.0418978221f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.166676521f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.499991506f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.999999701f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
+  return _mm512_scalef_ps(exp_poly(r), n);
 }
 
-// tanh(w / 2) from e = exp(-|w|) (w = 2 y: the factor 2 is folded into the caller's multiplier):
-// tanh|y| = (1 - e) / (1 + e), the reciprocal by rcp14 and one Newton step, the sign of w restored by one
-// ternary-logic op; with derivative, 1 - tanh^2(y) = 4 e / (1 + e)^2 too (exactly 0 where e is 0, so a
-// -inf logit has ds/dz = 0). kInRange: every |w| <= 80 (the caller checked the row), the exp needs no
-// clamp; else the clamped exp (0 below -88). NaN in, NaN out (the clamp keeps it).
+// sigmoid(v) = 1 / (1 + e), e = exp(-v), from minus_v = -v (the caller folds the sign into its
+// multiplier): the reciprocal by rcp14 and one Newton step (relative error about 2^-28, below fp32's
+// rounding). tanh(v / 2) = 2 sigmoid(v) - 1, so the softcap's centred logit is a difference of sigmoids
+// (Centre in row_kernels_avx512.cpp): the tanh costs an exp, an add, the reciprocal and nothing else.
+// With quarter_derivative, also (1 - tanh^2(v / 2)) / 4 = sigmoid(v) (1 - sigmoid(v)) = e sigmoid(v)^2,
+// accurate in both tails (the caller folds the 4 into its coefficients). kInRange: |v| <= 80 (the caller checked the row), no clamp; else -v is clamped to
+// [-88, 80]: sigmoid is then exactly 1 at the low end and 1.8e-35 at the high end (no subnormal reaches
+// the reciprocal), and the derivative is 0 at v = -inf. NaN in, NaN out (x86 min and max return their second operand, the NaN, when either is).
 template <bool kInRange = false>
-inline __m512 tanh_half(__m512 w, __m512* derivative = nullptr) {
-  const __m512 sign = _mm512_set1_ps(-0.0f), one = _mm512_set1_ps(1.0f);
-  const __m512 minus_abs = _mm512_or_ps(w, sign);
-  const __m512 e = kInRange ? exp_in_range(minus_abs) : exp_of_clamped(exp_clamp(minus_abs));
-  const __m512 d = _mm512_add_ps(one, e);
-  __m512 r = _mm512_rcp14_ps(d);
-  r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
-  if (derivative != nullptr) *derivative = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(4.0f), e), _mm512_mul_ps(r, r));
-  const __m512i magnitude = _mm512_castps_si512(_mm512_mul_ps(_mm512_sub_ps(one, e), r));
-  // magnitude | (w & sign)
-  return _mm512_castsi512_ps(
-      _mm512_ternarylogic_epi32(magnitude, _mm512_castps_si512(w), _mm512_castps_si512(sign), 0xF8));
+inline __m512 sigmoid_of_minus(__m512 minus_v, __m512* quarter_derivative = nullptr) {
+  const __m512 e = kInRange ? exp_in_range(minus_v)
+                            : exp_of_clamped(exp_clamp(_mm512_min_ps(_mm512_set1_ps(80.0f), minus_v)));
+  const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), e);
+  const __m512 r0 = _mm512_rcp14_ps(d);
+  // an explicitly rounded product: GCC may not contract it into a caller's subtraction, so that r, and x,
+  // round the same wherever they are used (with or without the extra statistics)
+  const __m512 r = _mm512_mul_round_ps(r0, _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(2.0f)),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  if (quarter_derivative != nullptr) {
+    *quarter_derivative = _mm512_mul_ps(_mm512_mul_ps(e, r), r);
+    // exactly 0 for v = -inf (a -inf logit: its gradient is 0), which the clamp would leave at 2e-35
+    if (!kInRange) {
+      *quarter_derivative = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(minus_v, _mm512_set1_ps(INFINITY), _CMP_NEQ_UQ),
+                                                *quarter_derivative);
+    }
+  }
+  return r;
 }
 
-// tanh(y) to about 1e-7 relative for every y from tanh_exp = tanh_half(2 y) (the exp form loses relative
-// accuracy near 0, which a mean of s that cancels would show): Cephes' odd polynomial for |y| < 0.625.
+// tanh(y) to about 1e-7 relative for every y from tanh_exp = 2 sigmoid(2 y) - 1 (the sigmoid form loses
+// relative accuracy near 0, which a mean of s that cancels would show): Cephes' odd polynomial for |y| < 0.625.
 inline __m512 tanh_near_zero(__m512 y, __m512 tanh_exp) {
   const __m512 z = _mm512_mul_ps(y, y);
   __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(-5.70498872745e-3f), z, _mm512_set1_ps(2.06390887954e-2f));

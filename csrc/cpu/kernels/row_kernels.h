@@ -27,7 +27,7 @@ struct RowStats {
   float sum;
   float log_sum;  // log(sum) rounded to fp32, for the gradient
   float mean_shift;
-  float tanh_max;  // with softcap: tanh(cap_in max z) as the kernels compute it (the x of max z is 0)
+  float cap_max;  // with softcap: the kernels' own transform of max z (their tanh or sigmoid of it: the x of max z is 0)
   bool tanh_in_range;  // with softcap: every |2 cap_in z| <= 80, no -inf (a kernel may skip its tanh's clamp)
 };
 

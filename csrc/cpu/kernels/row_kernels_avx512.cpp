@@ -18,9 +18,11 @@
 // row's fp32 sum NaN; the statistics then mark the whole row NaN as the generic kernels do.
 //
 // Logit transforms (core/row_transform.h): logit_scale is folded into the inverse temperature (the same
-// code as a temperature); softcap computes tanh on the fly from the same exp (avx512_math.h: tanh_half),
-// in the stats pass and, through ds/dz = (1 - tanh^2) logit_scale / T, in the gradient pass; no copy of
-// the row. The extra statistics (token_stats' extra_stats) are further accumulators of the stats pass.
+// code as a temperature); softcap computes tanh on the fly as a sigmoid (avx512_math.h: sigmoid_of_minus,
+// whose exp of -2 cap_in z takes the same two forms, over [-88, 80] clamped or [-80, 80] in range), in the
+// stats pass and, through ds/dz = (1 - tanh^2) logit_scale / T, in the gradient pass; no copy of the row.
+// With softcap x >= -2 cap_out, so the gradient's exp(x - log_sum) needs no clamp either when
+// 2 cap_out + log_sum <= 80. The extra statistics (token_stats' extra_stats) are further accumulators of the stats pass.
 //
 // The target is set for this file only with a pragma (setup.py has no per-file flags). Other compilers
 // and architectures get no AVX-512 table.
@@ -99,33 +101,37 @@ inline __mmask16 tail_mask(int64_t count) { return static_cast<__mmask16>((1u <<
 
 // The forms of the centred logits x = s(z) - s(max z) (core/row_transform.h): z - max z (logit_scale / T
 // = 1: the product is skipped, the same value since the subtraction rounds once either way),
-// (z - max z) slope, or the softcap form cap_out (tanh(cap_in z) - tanh(cap_in max z)).
+// (z - max z) slope, or the softcap form cap_out (tanh(cap_in z) - tanh(cap_in max z)), computed as
+// 2 cap_out (sigmoid(2 cap_in z) - sigmoid(2 cap_in max z)) (tanh(y) = 2 sigmoid(2 y) - 1: one exp, an add
+// and a reciprocal per element; avx512_math.h).
 enum class Form { kUnit, kScaled, kCapped };
 
 template <Form kForm>
 struct Centre {
-  __m512 row_max, slope, cap_in, cap_in2, cap_out, tanh_max;
+  __m512 row_max, slope, cap_in, minus_cap_in2, cap_out2, sigmoid_max;
 
-  Centre(const RowTransformFloats& transform, float max, float tanh_of_max)
-      : row_max(_mm512_set1_ps(max)), slope(_mm512_set1_ps(transform.slope)),
-        cap_in(_mm512_set1_ps(transform.cap_in)), cap_in2(_mm512_set1_ps(2.0f * transform.cap_in)), cap_out(_mm512_set1_ps(transform.cap_out)),
-        tanh_max(_mm512_set1_ps(tanh_of_max)) {}
+  Centre(const RowTransformFloats& transform, float max, float sigmoid_of_max)
+      : row_max(_mm512_set1_ps(max)), slope(_mm512_set1_ps(transform.slope)), cap_in(_mm512_set1_ps(transform.cap_in)),
+        minus_cap_in2(_mm512_set1_ps(-2.0f * transform.cap_in)), cap_out2(_mm512_set1_ps(2.0f * transform.cap_out)),
+        sigmoid_max(_mm512_set1_ps(sigmoid_of_max)) {}
 
-  // x of z; with softcap also 1 - tanh^2(cap_in z) into derivative and tanh(cap_in z) into tanh (when
-  // given). kTanhInRange: every |2 cap_in z| of the row is <= 80.
+  // x of z; with softcap also (1 - tanh^2(cap_in z)) / 4 into quarter_derivative and tanh(cap_in z) into
+  // tanh (when given). kTanhInRange: every |2 cap_in z| of the row is <= 80.
   template <bool kTanhInRange = false>
-  __m512 at(__m512 z, __m512* derivative = nullptr, __m512* tanh = nullptr) const {
+  __m512 at(__m512 z, __m512* quarter_derivative = nullptr, __m512* tanh = nullptr) const {
     if constexpr (kForm == Form::kUnit) return _mm512_sub_ps(z, row_max);
     if constexpr (kForm == Form::kScaled) return _mm512_mul_ps(_mm512_sub_ps(z, row_max), slope);
-    const __m512 t = tanh_half<kTanhInRange>(_mm512_mul_ps(z, cap_in2), derivative);
-    if (tanh != nullptr) *tanh = t;
-    return _mm512_mul_ps(_mm512_sub_ps(t, tanh_max), cap_out);
+    const __m512 r = sigmoid_of_minus<kTanhInRange>(_mm512_mul_ps(z, minus_cap_in2), quarter_derivative);
+    if (tanh != nullptr) *tanh = _mm512_fmsub_ps(_mm512_set1_ps(2.0f), r, _mm512_set1_ps(1.0f));
+    return _mm512_mul_ps(_mm512_sub_ps(r, sigmoid_max), cap_out2);
   }
 };
 
-// tanh(cap_in max z) exactly as the kernels compute it for an element equal to max z (so that its x is 0).
-inline float tanh_of_max(const RowTransformFloats& transform, float row_max) {
-  return _mm512_cvtss_f32(tanh_half(_mm512_mul_ps(_mm512_set1_ps(row_max), _mm512_set1_ps(2.0f * transform.cap_in))));
+// sigmoid(2 cap_in max z) exactly as the kernels compute it for an element equal to max z (so that its x
+// is 0; the clamped and the in-range exp agree wherever both apply).
+inline float sigmoid_of_max(const RowTransformFloats& transform, float row_max) {
+  return _mm512_cvtss_f32(
+      sigmoid_of_minus(_mm512_mul_ps(_mm512_set1_ps(row_max), _mm512_set1_ps(-2.0f * transform.cap_in))));
 }
 
 inline float max_keep_nan(float a, float b) {
@@ -246,14 +252,14 @@ RowSums sums_in_form(const T* row, int64_t vocab, const Centre<kForm>& centre, b
 
 template <typename T, bool kExtras>
 RowSums sums_of(const T* row, int64_t vocab, const RowTransformFloats& transform, float row_max, float row_min,
-                float tanh_max, const char* next_row) {
+                float sigmoid_max, const char* next_row) {
   // finite and within range (false for NaN, -inf or an underflowing spread): then no clamp. With softcap
   // the spread is also at most 2 cap_out.
   const bool linear_in_range = (row_min - row_max) * transform.slope >= -kNoClampRange;
   if (transform.cap_in > 0.0f) {
     const bool in_range = tanh_in_range(transform, row_max, row_min) &&
                           (linear_in_range || 2.0f * transform.cap_out <= kNoClampRange);
-    return sums_in_form<T, Form::kCapped, kExtras>(row, vocab, Centre<Form::kCapped>(transform, row_max, tanh_max),
+    return sums_in_form<T, Form::kCapped, kExtras>(row, vocab, Centre<Form::kCapped>(transform, row_max, sigmoid_max),
                                                    in_range, row_max, next_row);
   }
   if (transform.slope == 1.0f) {
@@ -296,12 +302,12 @@ RowStats row_stats(const void* row_ptr, int64_t vocab, const RowTransformFloats&
   }
   const float row_max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)));
   const float row_min = _mm512_reduce_min_ps(_mm512_min_ps(l0, l1));
-  const float tanh_max = transform.cap_in > 0.0f ? tanh_of_max(transform, row_max) : 0.0f;
+  const float sigmoid_max = transform.cap_in > 0.0f ? sigmoid_of_max(transform, row_max) : 0.0f;
 
   const char* next = static_cast<const char*>(next_row);
   const RowSums sums = extras != nullptr
-                           ? sums_of<T, true>(row, vocab, transform, row_max, row_min, tanh_max, next)
-                           : sums_of<T, false>(row, vocab, transform, row_max, row_min, tanh_max, next);
+                           ? sums_of<T, true>(row, vocab, transform, row_max, row_min, sigmoid_max, next)
+                           : sums_of<T, false>(row, vocab, transform, row_max, row_min, sigmoid_max, next);
   const float sum = sums.sum;
   if (extras != nullptr) *extras = RowExtras{sums.sum_sq, sums.sum_base, sums.first_max};
   // a NaN or +inf logit makes the whole row NaN (a NaN reaches sum through pass 2's arithmetic; every
@@ -310,27 +316,34 @@ RowStats row_stats(const void* row_ptr, int64_t vocab, const RowTransformFloats&
     const float nan = std::numeric_limits<float>::quiet_NaN();
     return RowStats{nan, nan, nan, nan, nan, false};
   }
-  return RowStats{row_max, sum, static_cast<float>(std::log(static_cast<double>(sum))), sums.wsum / sum, tanh_max,
+  return RowStats{row_max, sum, static_cast<float>(std::log(static_cast<double>(sum))), sums.wsum / sum, sigmoid_max,
                   transform.cap_in > 0.0f && tanh_in_range(transform, row_max, row_min)};
 }
 
-template <typename T, Form kForm, bool kTanhInRange>
+template <typename T, Form kForm, bool kInRange>
 void row_grad_impl(const T* row, T* grad, int64_t vocab, const Centre<kForm>& centre, const RowStats& stats,
                    float grad_scale, float coef, float centred_coef) {
+  constexpr bool kCapped = kForm == Form::kCapped;
   const __m512 v_row_max = _mm512_set1_ps(stats.max);
   const __m512 v_log_sum = _mm512_set1_ps(stats.log_sum), v_mean_shift = _mm512_set1_ps(stats.mean_shift);
-  const __m512 v_grad_scale = _mm512_set1_ps(grad_scale), v_coef = _mm512_set1_ps(coef);
-  const __m512 v_centred_coef = _mm512_set1_ps(centred_coef), v_floor = _mm512_set1_ps(-FLT_MAX);
+  // with softcap the 4 of ds/dz = 4 (1 - tanh^2) / 4 and grad_scale go into the coefficients
+  const float scale = kCapped ? 4.0f * grad_scale : 1.0f;
+  const __m512 v_grad_scale = _mm512_set1_ps(grad_scale), v_coef = _mm512_set1_ps(scale * coef);
+  const __m512 v_centred_coef = _mm512_set1_ps(scale * centred_coef), v_floor = _mm512_set1_ps(-FLT_MAX);
   // grad_scale (centred_coef (p (x - mean_shift)) - coef p) [times 1 - tanh^2 with softcap]: p (x - mean_shift)
-  // is formed first, so p = 0 makes it 0 whatever centred_coef is; x is floored at -FLT_MAX (a -inf logit:
-  // 0, not NaN); with softcap x is finite and 1 - tanh^2 is 0 for a -inf logit
+  // is formed first, so p = 0 makes it 0 whatever centred_coef is. Without softcap x is floored at -FLT_MAX (a
+  // -inf logit: 0, not NaN); with softcap x is finite (or NaN) and 1 - tanh^2 is 0 for a -inf logit.
+  // kInRange (softcap only): the row's tanh arguments and every x - log_sum lie within 80 of 0, so neither exp
+  // needs its clamp.
   auto grad_of = [&](__m512 z) {
-    __m512 derivative = v_floor;  // written with softcap only
-    const __m512 x = _mm512_max_ps(v_floor, centre.template at<kTanhInRange>(z, &derivative));
-    const __m512 p = exp_of_clamped(exp_clamp(_mm512_sub_ps(x, v_log_sum)));
+    __m512 quarter_derivative = _mm512_setzero_ps();  // written with softcap only
+    const __m512 centred = centre.template at<kInRange>(z, &quarter_derivative);
+    const __m512 x = kCapped ? centred : _mm512_max_ps(v_floor, centred);
+    const __m512 shifted = _mm512_sub_ps(x, v_log_sum);
+    const __m512 p = kInRange ? exp_in_range(shifted) : exp_of_clamped(exp_clamp(shifted));
     const __m512 q = _mm512_mul_ps(p, _mm512_sub_ps(x, v_mean_shift));
     const __m512 bracket = _mm512_fmsub_ps(v_centred_coef, q, _mm512_mul_ps(v_coef, p));
-    if constexpr (kForm == Form::kCapped) return _mm512_mul_ps(v_grad_scale, _mm512_mul_ps(derivative, bracket));
+    if constexpr (kCapped) return _mm512_mul_ps(quarter_derivative, bracket);
     return _mm512_mul_ps(v_grad_scale, bracket);
   };
   const int64_t pairs = vocab - vocab % (2 * kLanes);
@@ -352,8 +365,9 @@ void row_grad(const void* row_ptr, void* grad_ptr, int64_t vocab, const RowTrans
   const T* row = static_cast<const T*>(row_ptr);
   T* grad = static_cast<T*>(grad_ptr);
   if (transform.cap_in > 0.0f) {
-    const Centre<Form::kCapped> centre(transform, stats.max, stats.tanh_max);
-    if (stats.tanh_in_range) {
+    const Centre<Form::kCapped> centre(transform, stats.max, stats.cap_max);
+    // x >= -2 cap_out with softcap, so x - log_sum >= -80 when 2 cap_out + log_sum <= 80
+    if (stats.tanh_in_range && 2.0f * transform.cap_out + stats.log_sum <= kNoClampRange) {
       row_grad_impl<T, Form::kCapped, true>(row, grad, vocab, centre, stats, grad_scale, coef, centred_coef);
     } else {
       row_grad_impl<T, Form::kCapped, false>(row, grad, vocab, centre, stats, grad_scale, coef, centred_coef);

@@ -248,7 +248,7 @@ void row_grad(const void* row_ptr, void* grad_ptr, int64_t vocab, const RowTrans
   const T* row = static_cast<const T*>(row_ptr);
   T* grad = static_cast<T*>(grad_ptr);
   if (transform.cap_in > 0.0f) {
-    const Centre<true> centre{stats.max, transform.slope, transform.cap_in, transform.cap_out, stats.tanh_max};
+    const Centre<true> centre{stats.max, transform.slope, transform.cap_in, transform.cap_out, stats.cap_max};
     row_grad_in_form<T, true>(row, grad, vocab, centre, stats, grad_scale, coef, centred_coef);
   } else {
     const Centre<false> centre{stats.max, transform.slope, 0.0f, 0.0f, 0.0f};
