@@ -39,10 +39,10 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
-#include <cstring>
 #include <limits>
 
 #include "cpu/kernels/avx512_math.h"
+#include "cpu/kernels/row_table.h"
 
 namespace actfocus::cpu {
 namespace {
@@ -381,42 +381,14 @@ void row_grad(const void* row_ptr, void* grad_ptr, int64_t vocab, const RowTrans
   }
 }
 
-template <typename T>
-float row_load(const void* row, int64_t index) {
-  return static_cast<float>(static_cast<const T*>(row)[index]);
-}
-
-template <typename T>
-void row_store(void* row, int64_t index, float value) {
-  static_cast<T*>(row)[index] = static_cast<T>(value);
-}
-
-template <typename T>
-void row_zero(void* row, int64_t vocab) {
-  std::memset(row, 0, static_cast<size_t>(vocab) * sizeof(T));  // +0.0 is all zero bits in every dtype
-}
-
-template <typename T>
-constexpr RowKernels kernels_for() {
-  return RowKernels{&row_stats<T>, &row_grad<T>, &row_load<T>, &row_store<T>, &row_zero<T>};
-}
+struct Passes {  // this capability's passes, for row_table
+  template <typename T> static constexpr auto stats = &row_stats<T>;
+  template <typename T> static constexpr auto grad = &row_grad<T>;
+};
 
 }  // namespace
 
-const RowKernels* row_kernels_avx512(RowDtype dtype) {
-  static constexpr RowKernels kFloat32 = kernels_for<float>();
-  static constexpr RowKernels kFloat16 = kernels_for<c10::Half>();
-  static constexpr RowKernels kBFloat16 = kernels_for<c10::BFloat16>();
-  switch (dtype) {
-    case RowDtype::kFloat32:
-      return &kFloat32;
-    case RowDtype::kFloat16:
-      return &kFloat16;
-    case RowDtype::kBFloat16:
-      return &kBFloat16;
-  }
-  return nullptr;
-}
+const RowKernels* row_kernels_avx512(RowDtype dtype) { return row_table<Passes>(dtype); }
 
 }  // namespace actfocus::cpu
 #else

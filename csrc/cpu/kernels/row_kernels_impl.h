@@ -15,6 +15,7 @@
 #include <limits>
 
 #include "cpu/kernels/row_kernels.h"
+#include "cpu/kernels/row_table.h"
 
 namespace actfocus::cpu {
 namespace {
@@ -256,41 +257,13 @@ void row_grad(const void* row_ptr, void* grad_ptr, int64_t vocab, const RowTrans
   }
 }
 
-template <typename T>
-float row_load(const void* row, int64_t index) {
-  return static_cast<float>(static_cast<const T*>(row)[index]);
-}
-
-template <typename T>
-void row_store(void* row, int64_t index, float value) {
-  static_cast<T*>(row)[index] = static_cast<T>(value);
-}
-
-template <typename T>
-void row_zero(void* row, int64_t vocab) {
-  std::fill_n(static_cast<T*>(row), vocab, static_cast<T>(0.0f));
-}
-
-template <typename T>
-constexpr RowKernels kernels_for() {
-  return RowKernels{&row_stats<T>, &row_grad<T>, &row_load<T>, &row_store<T>, &row_zero<T>};
-}
+struct Passes {  // this capability's passes, for row_table
+  template <typename T> static constexpr auto stats = &row_stats<T>;
+  template <typename T> static constexpr auto grad = &row_grad<T>;
+};
 
 }  // namespace
 
-const RowKernels* ACTFOCUS_ROW_KERNELS_ENTRY(RowDtype dtype) {
-  static constexpr RowKernels kFloat32 = kernels_for<float>();
-  static constexpr RowKernels kFloat16 = kernels_for<c10::Half>();
-  static constexpr RowKernels kBFloat16 = kernels_for<c10::BFloat16>();
-  switch (dtype) {
-    case RowDtype::kFloat32:
-      return &kFloat32;
-    case RowDtype::kFloat16:
-      return &kFloat16;
-    case RowDtype::kBFloat16:
-      return &kBFloat16;
-  }
-  return nullptr;
-}
+const RowKernels* ACTFOCUS_ROW_KERNELS_ENTRY(RowDtype dtype) { return row_table<Passes>(dtype); }
 
 }  // namespace actfocus::cpu
