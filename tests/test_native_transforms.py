@@ -3,6 +3,9 @@
 s = softcap tanh(logit_scale z / softcap) / T (else logit_scale z / T), a -inf logit excluded, the
 gradients by autograd through torch.tanh. CPU here; CUDA too where a GPU and a CUDA build exist."""
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,13 +19,15 @@ pytestmark = pytest.mark.skipif(not DEVICES, reason="actfocus_kernels._C is not 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 IGNORE = -100
 # (temperature, logit_scale, softcap): off, scale only, softcap only, both with a temperature, a cap
-# that large logits saturate
+# that large logits saturate, a wide cap (softcap / T = 2000: tanh near 0 must keep its relative accuracy,
+# or x = (softcap / T) (tanh - tanh_max) carries 2000 times its absolute error)
 TRANSFORMS = {
     "off": (1.0, 1.0, 0.0),
     "scale": (1.0, 0.37, 0.0),
     "softcap": (1.0, 1.0, 30.0),
     "both-T": (0.7, 2.5, 8.0),
     "saturated": (1.3, 1.0, 2.0),
+    "wide-cap": (0.5, 1.0, 1000.0),
 }
 
 
@@ -249,3 +254,21 @@ def test_opcheck(device, extra_stats):
     ]
     for op, args in samples:
         torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_portable_kernels_through_the_transforms(capability):
+    """The at::vec row kernels (ATEN_CPU_CAPABILITY=default or avx2 instead of this machine's best) on
+    this file's token_stats and row_gradient checks, every transform, in a subprocess."""
+    if "cpu" not in DEVICES:
+        pytest.skip("no CPU kernels")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+    chosen = subprocess.run([sys.executable, "-c", "import actfocus_kernels.native as n; "
+                             "print(n.build_info()['cpu_capability'])"], env=env, check=True, capture_output=True,
+                            text=True).stdout.split()[-1]
+    if chosen != capability:
+        pytest.skip(f"this CPU has no {capability} kernels (got {chosen})")
+    checks = "test_token_stats_with_transform_and_extras or test_row_gradient_through_the_transform"
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                          f"({checks}) and cpu"], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]

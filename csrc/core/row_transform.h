@@ -18,6 +18,22 @@
 
 namespace actfocus {
 
+// tanh(y) for |y| < kLimit to about 1e-7 relative: y + y^3 P(y^2), Cephes' tanhf polynomial (c4 highest).
+// The kernels' exp forms of tanh carry an absolute error of about 6e-8, which the centred logit
+// x = (softcap / T) (tanh(y) - tanh(y_max)) multiplies by softcap / T; near 0 this series keeps tanh's
+// relative accuracy, so that x there is as accurate as the raw logits (what a large softcap needs).
+struct TanhSeries {
+  static constexpr float kLimit = 0.625f;
+  static constexpr float kC4 = -5.70498872745e-3f, kC3 = 2.06390887954e-2f, kC2 = -5.37397155531e-2f,
+                         kC1 = 1.33314422036e-1f, kC0 = -3.33332819422e-1f;
+
+  ACTFOCUS_HOST_DEVICE static float at(float y) {
+    const float z = y * y;
+    const float p = (((kC4 * z + kC3) * z + kC2) * z + kC1) * z + kC0;
+    return (y * z) * p + y;
+  }
+};
+
 struct RowTransform {
   double temperature;  // T > 0
   double logit_scale;  // > 0; 1: off

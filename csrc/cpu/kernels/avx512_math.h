@@ -6,6 +6,8 @@
 
 #include <cmath>
 
+#include "core/row_transform.h"
+
 namespace actfocus::cpu {
 namespace {
 
@@ -74,16 +76,17 @@ inline __m512 sigmoid_of_minus(__m512 minus_v, __m512* quarter_derivative = null
   return r;
 }
 
-// tanh(y) to about 1e-7 relative for every y from tanh_exp = 2 sigmoid(2 y) - 1 (the sigmoid form loses
-// relative accuracy near 0, which a mean of s that cancels would show): Cephes' odd polynomial for |y| < 0.625.
+// tanh(y) to about 1e-7 relative for every y from tanh_exp = 2 sigmoid(2 y) - 1, which loses relative
+// accuracy near 0: the odd series of core/row_transform.h (TanhSeries) for |y| < 0.625.
 inline __m512 tanh_near_zero(__m512 y, __m512 tanh_exp) {
+  using S = TanhSeries;
   const __m512 z = _mm512_mul_ps(y, y);
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(-5.70498872745e-3f), z, _mm512_set1_ps(2.06390887954e-2f));
-  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-5.37397155531e-2f));
-  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.33314422036e-1f));
-  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-3.33332819422e-1f));
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(S::kC4), z, _mm512_set1_ps(S::kC3));
+  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(S::kC2));
+  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(S::kC1));
+  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(S::kC0));
   const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(y, z), p, y);
-  const __mmask16 is_small = _mm512_cmp_ps_mask(_mm512_abs_ps(y), _mm512_set1_ps(0.625f), _CMP_LT_OQ);
+  const __mmask16 is_small = _mm512_cmp_ps_mask(_mm512_abs_ps(y), _mm512_set1_ps(S::kLimit), _CMP_LT_OQ);
   return _mm512_mask_mov_ps(tanh_exp, is_small, small);
 }
 

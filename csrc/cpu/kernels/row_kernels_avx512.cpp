@@ -40,6 +40,7 @@
 #include <cfloat>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "cpu/kernels/avx512_math.h"
 #include "cpu/kernels/row_table.h"
@@ -101,37 +102,68 @@ inline __mmask16 tail_mask(int64_t count) { return static_cast<__mmask16>((1u <<
 
 // The forms of the centred logits x = s(z) - s(max z) (core/row_transform.h): z - max z (logit_scale / T
 // = 1: the product is skipped, the same value since the subtraction rounds once either way),
-// (z - max z) slope, or the softcap form cap_out (tanh(cap_in z) - tanh(cap_in max z)), computed as
-// 2 cap_out (sigmoid(2 cap_in z) - sigmoid(2 cap_in max z)) (tanh(y) = 2 sigmoid(2 y) - 1: one exp, an add
-// and a reciprocal per element; avx512_math.h).
-enum class Form { kUnit, kScaled, kCapped };
+// (z - max z) slope, or with softcap cap_out (tanh(cap_in z) - tanh(cap_in max z)):
+//   kCapped: 2 cap_out (sigmoid(2 cap_in z) - sigmoid(2 cap_in max z)) (tanh(y) = 2 sigmoid(2 y) - 1: one
+//     exp, an add and a reciprocal per element; avx512_math.h). x carries about 2.4e-7 cap_out of absolute
+//     error (the sigmoid's rounding near 1/2, doubled), which reaches the SPEC's 1e-5 as cap_out grows;
+//   kCappedPrecise (cap_out > kPreciseCapOut): cap_out (tanh - tanh(cap_in max z)) with tanh from the odd
+//     series wherever |cap_in z| < 0.625 (tanh_near_zero), so that x is as accurate as z there.
+enum class Form { kUnit, kScaled, kCapped, kCappedPrecise };
+
+constexpr bool is_capped(Form form) { return form == Form::kCapped || form == Form::kCappedPrecise; }
+
+// softcap / T from which the softcap form is kCappedPrecise (the error of kCapped's x: about 1.5e-5).
+constexpr float kPreciseCapOut = 64.0f;
 
 template <Form kForm>
 struct Centre {
-  __m512 row_max, slope, cap_in, minus_cap_in2, cap_out2, sigmoid_max;
+  // cap_max: the form's own transform of max z (value() of it); cap_scale: 2 cap_out (kCapped), cap_out
+  __m512 row_max, slope, cap_in, minus_cap_in2, cap_scale, cap_max;
 
-  Centre(const RowTransformFloats& transform, float max, float sigmoid_of_max)
+  Centre(const RowTransformFloats& transform, float max, float cap_of_max)
       : row_max(_mm512_set1_ps(max)), slope(_mm512_set1_ps(transform.slope)), cap_in(_mm512_set1_ps(transform.cap_in)),
-        minus_cap_in2(_mm512_set1_ps(-2.0f * transform.cap_in)), cap_out2(_mm512_set1_ps(2.0f * transform.cap_out)),
-        sigmoid_max(_mm512_set1_ps(sigmoid_of_max)) {}
+        minus_cap_in2(_mm512_set1_ps(-2.0f * transform.cap_in)),
+        cap_scale(_mm512_set1_ps(kForm == Form::kCapped ? 2.0f * transform.cap_out : transform.cap_out)),
+        cap_max(_mm512_set1_ps(cap_of_max)) {}
 
-  // x of z; with softcap also (1 - tanh^2(cap_in z)) / 4 into quarter_derivative and tanh(cap_in z) into
-  // tanh (when given). kTanhInRange: every |2 cap_in z| of the row is <= 80.
+  // With softcap: sigmoid(2 cap_in z) (kCapped) or tanh(cap_in z) (kCappedPrecise), with
+  // (1 - tanh^2(cap_in z)) / 4 into quarter_derivative and tanh(cap_in z) into tanh (when given).
+  // kTanhInRange: every |2 cap_in z| of the row is <= 80.
+  template <bool kTanhInRange = false>
+  __m512 value(__m512 z, __m512* quarter_derivative = nullptr, __m512* tanh = nullptr) const {
+    const __m512 r = sigmoid_of_minus<kTanhInRange>(_mm512_mul_ps(z, minus_cap_in2), quarter_derivative);
+    const __m512 tanh_exp = _mm512_fmsub_ps(_mm512_set1_ps(2.0f), r, _mm512_set1_ps(1.0f));
+    if constexpr (kForm == Form::kCapped) {
+      if (tanh != nullptr) *tanh = tanh_exp;
+      return r;
+    }
+    const __m512 t = tanh_near_zero(_mm512_mul_ps(z, cap_in), tanh_exp);
+    if (tanh != nullptr) *tanh = t;
+    return t;
+  }
+
+  // x of z (with softcap the outputs of value() too).
   template <bool kTanhInRange = false>
   __m512 at(__m512 z, __m512* quarter_derivative = nullptr, __m512* tanh = nullptr) const {
     if constexpr (kForm == Form::kUnit) return _mm512_sub_ps(z, row_max);
     if constexpr (kForm == Form::kScaled) return _mm512_mul_ps(_mm512_sub_ps(z, row_max), slope);
-    const __m512 r = sigmoid_of_minus<kTanhInRange>(_mm512_mul_ps(z, minus_cap_in2), quarter_derivative);
-    if (tanh != nullptr) *tanh = _mm512_fmsub_ps(_mm512_set1_ps(2.0f), r, _mm512_set1_ps(1.0f));
-    return _mm512_mul_ps(_mm512_sub_ps(r, sigmoid_max), cap_out2);
+    const __m512 v = value<kTanhInRange>(z, quarter_derivative, tanh);
+    return _mm512_mul_ps(_mm512_sub_ps(v, cap_max), cap_scale);
   }
 };
 
-// sigmoid(2 cap_in max z) exactly as the kernels compute it for an element equal to max z (so that its x
-// is 0; the clamped and the in-range exp agree wherever both apply).
-inline float sigmoid_of_max(const RowTransformFloats& transform, float row_max) {
-  return _mm512_cvtss_f32(
-      sigmoid_of_minus(_mm512_mul_ps(_mm512_set1_ps(row_max), _mm512_set1_ps(-2.0f * transform.cap_in))));
+// Centre<kForm>::value of max z exactly as the kernels compute it for an element equal to max z (so that
+// its x is 0; the clamped and the in-range exp agree wherever both apply).
+template <Form kForm>
+float cap_of_max(const RowTransformFloats& transform, float row_max) {
+  return _mm512_cvtss_f32(Centre<kForm>(transform, row_max, 0.0f).value(_mm512_set1_ps(row_max)));
+}
+
+// Calls body with the softcap's form (std::integral_constant<Form, ...>).
+template <typename Body>
+auto with_capped_form(const RowTransformFloats& transform, const Body& body) {
+  if (transform.cap_out > kPreciseCapOut) return body(std::integral_constant<Form, Form::kCappedPrecise>{});
+  return body(std::integral_constant<Form, Form::kCapped>{});
 }
 
 inline float max_keep_nan(float a, float b) {
@@ -167,7 +199,7 @@ RowSums row_sums(const T* row, int64_t vocab, const Centre<kForm>& centre, float
   // e = exp(x), x clamped for the exp, raw = x unclamped (the maximum test); t = tanh(cap_in z) (softcap)
   auto terms = [&](__m512 z, __m512& e, __m512& x, __m512& raw, __m512& t) {
     raw = centre.template at<!kClamp>(z, nullptr, &t);
-    if constexpr (kForm == Form::kCapped && kClamp) {
+    if constexpr (is_capped(kForm) && kClamp) {
       raw = _mm512_mask_mov_ps(raw, _mm512_cmp_ps_mask(z, minus_inf, _CMP_EQ_OQ), minus_inf);
     }
     x = kClamp ? exp_clamp(raw) : raw;
@@ -177,7 +209,7 @@ RowSums row_sums(const T* row, int64_t vocab, const Centre<kForm>& centre, float
     if constexpr (kExtras) {
       sum_sq = _mm512_fmadd_ps(e, e, sum_sq);
       __m512 term = z;
-      if constexpr (kForm == Form::kCapped) {
+      if constexpr (is_capped(kForm)) {
         term = _mm512_mask_mov_ps(tanh_near_zero(_mm512_mul_ps(z, centre.cap_in), t),
                                   _mm512_cmp_ps_mask(z, minus_inf, _CMP_EQ_OQ), minus_inf);
       }
@@ -252,15 +284,17 @@ RowSums sums_in_form(const T* row, int64_t vocab, const Centre<kForm>& centre, b
 
 template <typename T, bool kExtras>
 RowSums sums_of(const T* row, int64_t vocab, const RowTransformFloats& transform, float row_max, float row_min,
-                float sigmoid_max, const char* next_row) {
+                float cap_max, const char* next_row) {
   // finite and within range (false for NaN, -inf or an underflowing spread): then no clamp. With softcap
   // the spread is also at most 2 cap_out.
   const bool linear_in_range = (row_min - row_max) * transform.slope >= -kNoClampRange;
   if (transform.cap_in > 0.0f) {
     const bool in_range = tanh_in_range(transform, row_max, row_min) &&
                           (linear_in_range || 2.0f * transform.cap_out <= kNoClampRange);
-    return sums_in_form<T, Form::kCapped, kExtras>(row, vocab, Centre<Form::kCapped>(transform, row_max, sigmoid_max),
-                                                   in_range, row_max, next_row);
+    return with_capped_form(transform, [&](auto form) {
+      return sums_in_form<T, form(), kExtras>(row, vocab, Centre<form()>(transform, row_max, cap_max), in_range,
+                                              row_max, next_row);
+    });
   }
   if (transform.slope == 1.0f) {
     return sums_in_form<T, Form::kUnit, kExtras>(row, vocab, Centre<Form::kUnit>(transform, row_max, 0.0f),
@@ -302,12 +336,14 @@ RowStats row_stats(const void* row_ptr, int64_t vocab, const RowTransformFloats&
   }
   const float row_max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)));
   const float row_min = _mm512_reduce_min_ps(_mm512_min_ps(l0, l1));
-  const float sigmoid_max = transform.cap_in > 0.0f ? sigmoid_of_max(transform, row_max) : 0.0f;
+  const float cap_max = transform.cap_in > 0.0f
+                            ? with_capped_form(transform, [&](auto form) { return cap_of_max<form()>(transform, row_max); })
+                            : 0.0f;
 
   const char* next = static_cast<const char*>(next_row);
   const RowSums sums = extras != nullptr
-                           ? sums_of<T, true>(row, vocab, transform, row_max, row_min, sigmoid_max, next)
-                           : sums_of<T, false>(row, vocab, transform, row_max, row_min, sigmoid_max, next);
+                           ? sums_of<T, true>(row, vocab, transform, row_max, row_min, cap_max, next)
+                           : sums_of<T, false>(row, vocab, transform, row_max, row_min, cap_max, next);
   const float sum = sums.sum;
   if (extras != nullptr) *extras = RowExtras{sums.sum_sq, sums.sum_base, sums.first_max};
   // a NaN or +inf logit makes the whole row NaN (a NaN reaches sum through pass 2's arithmetic; every
@@ -316,14 +352,14 @@ RowStats row_stats(const void* row_ptr, int64_t vocab, const RowTransformFloats&
     const float nan = std::numeric_limits<float>::quiet_NaN();
     return RowStats{nan, nan, nan, nan, nan, false};
   }
-  return RowStats{row_max, sum, static_cast<float>(std::log(static_cast<double>(sum))), sums.wsum / sum, sigmoid_max,
+  return RowStats{row_max, sum, static_cast<float>(std::log(static_cast<double>(sum))), sums.wsum / sum, cap_max,
                   transform.cap_in > 0.0f && tanh_in_range(transform, row_max, row_min)};
 }
 
 template <typename T, Form kForm, bool kInRange>
 void row_grad_impl(const T* row, T* grad, int64_t vocab, const Centre<kForm>& centre, const RowStats& stats,
                    float grad_scale, float coef, float centred_coef) {
-  constexpr bool kCapped = kForm == Form::kCapped;
+  constexpr bool kCapped = is_capped(kForm);
   const __m512 v_row_max = _mm512_set1_ps(stats.max);
   const __m512 v_log_sum = _mm512_set1_ps(stats.log_sum), v_mean_shift = _mm512_set1_ps(stats.mean_shift);
   // with softcap the 4 of ds/dz = 4 (1 - tanh^2) / 4 and grad_scale go into the coefficients
@@ -365,13 +401,16 @@ void row_grad(const void* row_ptr, void* grad_ptr, int64_t vocab, const RowTrans
   const T* row = static_cast<const T*>(row_ptr);
   T* grad = static_cast<T*>(grad_ptr);
   if (transform.cap_in > 0.0f) {
-    const Centre<Form::kCapped> centre(transform, stats.max, stats.cap_max);
     // x >= -2 cap_out with softcap, so x - log_sum >= -80 when 2 cap_out + log_sum <= 80
-    if (stats.tanh_in_range && 2.0f * transform.cap_out + stats.log_sum <= kNoClampRange) {
-      row_grad_impl<T, Form::kCapped, true>(row, grad, vocab, centre, stats, grad_scale, coef, centred_coef);
-    } else {
-      row_grad_impl<T, Form::kCapped, false>(row, grad, vocab, centre, stats, grad_scale, coef, centred_coef);
-    }
+    const bool in_range = stats.tanh_in_range && 2.0f * transform.cap_out + stats.log_sum <= kNoClampRange;
+    with_capped_form(transform, [&](auto form) {
+      const Centre<form()> centre(transform, stats.max, stats.cap_max);
+      if (in_range) {
+        row_grad_impl<T, form(), true>(row, grad, vocab, centre, stats, grad_scale, coef, centred_coef);
+      } else {
+        row_grad_impl<T, form(), false>(row, grad, vocab, centre, stats, grad_scale, coef, centred_coef);
+      }
+    });
   } else if (transform.slope == 1.0f) {
     row_grad_impl<T, Form::kUnit, false>(row, grad, vocab, Centre<Form::kUnit>(transform, stats.max, 0.0f), stats,
                                          grad_scale, coef, centred_coef);

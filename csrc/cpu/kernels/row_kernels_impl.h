@@ -14,6 +14,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/row_transform.h"
 #include "cpu/kernels/row_kernels.h"
 #include "cpu/kernels/row_table.h"
 
@@ -75,14 +76,19 @@ float first_lane(const Vec& v) {
   return lanes[0];
 }
 
-// tanh(y) from e = exp(-2|y|): tanh|y| = (1 - e) / (1 + e); with derivative, 1 - tanh^2(y) = 4 e / (1 + e)^2
-// too (0 where e underflows, so a -inf logit has ds/dz = 0).
+// tanh(y) from e = exp(-2|y|): tanh|y| = (1 - e) / (1 + e), and the odd series of core/row_transform.h
+// (TanhSeries) for |y| < 0.625, where the exp form loses relative accuracy (x would carry cap_out times its
+// absolute error); with derivative, 1 - tanh^2(y) = 4 e / (1 + e)^2 too (0 where e underflows, so a -inf
+// logit has ds/dz = 0).
 inline Vec tanh_vec(const Vec& y, Vec* derivative = nullptr) {
+  using S = TanhSeries;
   const Vec one(1.0f);
   const Vec e = (y.abs() * Vec(-2.0f)).exp_u20();
   const Vec r = one / (one + e);
   if (derivative != nullptr) *derivative = Vec(4.0f) * e * (r * r);
-  return ((one - e) * r).copysign(y);
+  const Vec z = y * y;
+  const Vec p = (((Vec(S::kC4) * z + Vec(S::kC3)) * z + Vec(S::kC2)) * z + Vec(S::kC1)) * z + Vec(S::kC0);
+  return Vec::blendv(((one - e) * r).copysign(y), (y * z) * p + y, y.abs() < Vec(S::kLimit));
 }
 
 // The centred logits x = s(z) - s(max z) (core/row_transform.h) in one of three forms: (z - max z) slope

@@ -21,6 +21,7 @@
 #include <cstring>
 
 #include "core/row_dtype.h"
+#include "core/row_transform.h"
 #include "core/token_loss.h"
 #include "cuda/kernels/launch.h"
 
@@ -138,13 +139,15 @@ __host__ __device__ __forceinline__ F make_form(const RowTransform& transform) {
   return form;
 }
 
-// tanh(y) from e = exp(-2|y|) (one MUFU exp2): tanh|y| = (1 - e) / (1 + e); with derivative, also
-// 1 - tanh^2(y) = 4 e / (1 + e)^2 (0 for y = +-inf). NaN in, NaN out.
+// tanh(y) from e = exp(-2|y|) (one MUFU exp2): tanh|y| = (1 - e) / (1 + e), and the odd series of
+// core/row_transform.h (TanhSeries) for |y| < 0.625, where the exp form loses relative accuracy (x would
+// carry cap_out times its absolute error); with derivative, also 1 - tanh^2(y) = 4 e / (1 + e)^2 (0 for
+// y = +-inf). NaN in, NaN out.
 __device__ __forceinline__ float tanh_exp2(float y, float* derivative = nullptr) {
   const float e = fast_exp2(-2.0f * kLog2e * fabsf(y));
   const float r = 1.0f / (1.0f + e);
   if (derivative != nullptr) *derivative = 4.0f * e * (r * r);
-  return copysignf((1.0f - e) * r, y);
+  return fabsf(y) < TanhSeries::kLimit ? TanhSeries::at(y) : copysignf((1.0f - e) * r, y);
 }
 
 // Online softmax state of (part of) a row; sum == 0 means no finite element seen yet.
