@@ -47,33 +47,30 @@ inline __m512 exp_in_range(__m512 x) {
   return _mm512_scalef_ps(exp_poly(r), n);
 }
 
-// sigmoid(v) = 1 / (1 + e), e = exp(-v), from minus_v = -v (the caller folds the sign into its
-// multiplier): the reciprocal by rcp14 and one Newton step (relative error about 2^-28, below fp32's
-// rounding). tanh(v / 2) = 2 sigmoid(v) - 1, so the softcap's centred logit is a difference of sigmoids
-// (Centre in row_kernels_avx512.cpp): the tanh costs an exp, an add, the reciprocal and nothing else.
-// With quarter_derivative, also (1 - tanh^2(v / 2)) / 4 = sigmoid(v) (1 - sigmoid(v)) = e sigmoid(v)^2,
-// accurate in both tails (the caller folds the 4 into its coefficients). kInRange: |v| <= 80 (the caller checked the row), no clamp; else -v is clamped to
-// [-88, 80]: sigmoid is then exactly 1 at the low end and 1.8e-35 at the high end (no subnormal reaches
-// the reciprocal), and the derivative is 0 at v = -inf. NaN in, NaN out (x86 min and max return their second operand, the NaN, when either is).
+// sigmoid(v) from minus_v = -v (the caller folds the sign into its multiplier), the reciprocal of 1 + e by
+// rcp14 and one Newton step (relative error about 2^-28, below fp32's rounding). tanh(v / 2) =
+// 2 sigmoid(v) - 1, so the softcap's centred logit is a difference of sigmoids (Centre in
+// row_kernels_avx512.cpp): the tanh costs an exp, an add, the reciprocal and little else. With
+// quarter_derivative, also (1 - tanh^2(v / 2)) / 4 = sigmoid(v) (1 - sigmoid(v)) = e / (1 + e)^2 = e r^2
+// (the caller folds the 4 into its coefficients).
+//   kInRange (|v| <= 80, checked by the caller for the whole row): e = exp(-v) in [1.8e-35, 5.5e34], no
+//     clamp, sigmoid = r = 1 / (1 + e);
+//   else: e = exp(-|v|), 0 below -88, sigmoid = r for v >= 0 and e r for v < 0: no overflow, accurate in
+//     both tails, and the derivative exactly 0 where e underflows (an infinite or saturated logit).
+// NaN in, NaN out (the clamp max(-88, x) returns its NaN operand; the rest is arithmetic).
 template <bool kInRange = false>
 inline __m512 sigmoid_of_minus(__m512 minus_v, __m512* quarter_derivative = nullptr) {
   const __m512 e = kInRange ? exp_in_range(minus_v)
-                            : exp_of_clamped(exp_clamp(_mm512_min_ps(_mm512_set1_ps(80.0f), minus_v)));
+                            : exp_of_clamped(exp_clamp(_mm512_or_ps(minus_v, _mm512_set1_ps(-0.0f))));
   const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), e);
   const __m512 r0 = _mm512_rcp14_ps(d);
   // an explicitly rounded product: GCC may not contract it into a caller's subtraction, so that r, and x,
   // round the same wherever they are used (with or without the extra statistics)
   const __m512 r = _mm512_mul_round_ps(r0, _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(2.0f)),
                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  if (quarter_derivative != nullptr) {
-    *quarter_derivative = _mm512_mul_ps(_mm512_mul_ps(e, r), r);
-    // exactly 0 for v = -inf (a -inf logit: its gradient is 0), which the clamp would leave at 2e-35
-    if (!kInRange) {
-      *quarter_derivative = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(minus_v, _mm512_set1_ps(INFINITY), _CMP_NEQ_UQ),
-                                                *quarter_derivative);
-    }
-  }
-  return r;
+  if (quarter_derivative != nullptr) *quarter_derivative = _mm512_mul_ps(_mm512_mul_ps(e, r), r);
+  if constexpr (kInRange) return r;
+  return _mm512_mask_mul_ps(r, _mm512_cmp_ps_mask(minus_v, _mm512_setzero_ps(), _CMP_GT_OQ), r, e);  // v < 0: e r
 }
 
 // tanh(y) to about 1e-7 relative for every y from tanh_exp = 2 sigmoid(2 y) - 1, which loses relative

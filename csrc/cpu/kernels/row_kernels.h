@@ -28,7 +28,8 @@ struct RowStats {
   float log_sum;  // log(sum) rounded to fp32, for the gradient
   float mean_shift;
   float cap_max;  // with softcap: the kernels' own transform of max z (their tanh or sigmoid of it: the x of max z is 0)
-  bool tanh_in_range;  // with softcap: every |2 cap_in z| <= 80, no -inf (a kernel may skip its tanh's clamp)
+  bool tanh_in_range;  // with softcap: the statistics pass took its transform's in-range variant (every
+                       // |2 cap_in z| <= 80, no -inf); the gradient pass takes the same
 };
 
 // The extra statistics of a row (token_stats' extra_stats), from the same pass:

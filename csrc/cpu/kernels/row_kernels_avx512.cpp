@@ -19,8 +19,9 @@
 //
 // Logit transforms (core/row_transform.h): logit_scale is folded into the inverse temperature (the same
 // code as a temperature); softcap computes tanh on the fly as a sigmoid (avx512_math.h: sigmoid_of_minus,
-// whose exp of -2 cap_in z takes the same two forms, over [-88, 80] clamped or [-80, 80] in range), in the
-// stats pass and, through ds/dz = (1 - tanh^2) logit_scale / T, in the gradient pass; no copy of the row.
+// in range from exp(-2 cap_in z), clamped from exp(-|2 cap_in z|)), in the stats pass and, through
+// ds/dz = (1 - tanh^2) logit_scale / T, in the gradient pass, which takes the stats pass's variant (so
+// that both see the same x); no copy of the row.
 // With softcap x >= -2 cap_out, so the gradient's exp(x - log_sum) needs no clamp either when
 // 2 cap_out + log_sum <= 80. The extra statistics (token_stats' extra_stats) are further accumulators of the stats pass.
 //
@@ -152,11 +153,12 @@ struct Centre {
   }
 };
 
-// Centre<kForm>::value of max z exactly as the kernels compute it for an element equal to max z (so that
-// its x is 0; the clamped and the in-range exp agree wherever both apply).
-template <Form kForm>
+// Centre<kForm>::value<kTanhInRange> of max z exactly as a pass in that variant computes it for an element
+// equal to max z (so that its x is 0 there; the two variants may differ in the last bit).
+template <Form kForm, bool kTanhInRange>
 float cap_of_max(const RowTransformFloats& transform, float row_max) {
-  return _mm512_cvtss_f32(Centre<kForm>(transform, row_max, 0.0f).value(_mm512_set1_ps(row_max)));
+  return _mm512_cvtss_f32(
+      Centre<kForm>(transform, row_max, 0.0f).template value<kTanhInRange>(_mm512_set1_ps(row_max)));
 }
 
 // Calls body with the softcap's form (std::integral_constant<Form, ...>).
@@ -179,6 +181,8 @@ struct RowSums {
   float sum_sq;
   double sum_base;
   int64_t first_max;
+  float cap_max;  // with softcap: Centre::value of max z in the pass's variant (x = 0 there); else 0
+  bool in_range;  // with softcap: the pass took the in-range variant
 };
 
 // Rows whose centred logits all lie in [-80, 0] (no -inf, no underflow: typical rows) skip the clamp.
@@ -267,6 +271,8 @@ RowSums row_sums(const T* row, int64_t vocab, const Centre<kForm>& centre, float
   sums.sum_sq = kExtras ? _mm512_reduce_add_ps(_mm512_add_ps(q0, q1)) : 0.0f;
   sums.sum_base = kExtras ? _mm512_reduce_add_pd(add_as_double(base, chunk)) : 0.0;
   sums.first_max = first_max;
+  sums.cap_max = 0.0f;  // set by the softcap caller
+  sums.in_range = !kClamp;
   return sums;
 }
 
@@ -284,7 +290,7 @@ RowSums sums_in_form(const T* row, int64_t vocab, const Centre<kForm>& centre, b
 
 template <typename T, bool kExtras>
 RowSums sums_of(const T* row, int64_t vocab, const RowTransformFloats& transform, float row_max, float row_min,
-                float cap_max, const char* next_row) {
+                const char* next_row) {
   // finite and within range (false for NaN, -inf or an underflowing spread): then no clamp. With softcap
   // the spread is also at most 2 cap_out.
   const bool linear_in_range = (row_min - row_max) * transform.slope >= -kNoClampRange;
@@ -292,8 +298,12 @@ RowSums sums_of(const T* row, int64_t vocab, const RowTransformFloats& transform
     const bool in_range = tanh_in_range(transform, row_max, row_min) &&
                           (linear_in_range || 2.0f * transform.cap_out <= kNoClampRange);
     return with_capped_form(transform, [&](auto form) {
-      return sums_in_form<T, form(), kExtras>(row, vocab, Centre<form()>(transform, row_max, cap_max), in_range,
-                                              row_max, next_row);
+      const float cap_max = in_range ? cap_of_max<form(), true>(transform, row_max)
+                                     : cap_of_max<form(), false>(transform, row_max);
+      RowSums sums = sums_in_form<T, form(), kExtras>(row, vocab, Centre<form()>(transform, row_max, cap_max),
+                                                      in_range, row_max, next_row);
+      sums.cap_max = cap_max;
+      return sums;
     });
   }
   if (transform.slope == 1.0f) {
@@ -336,14 +346,11 @@ RowStats row_stats(const void* row_ptr, int64_t vocab, const RowTransformFloats&
   }
   const float row_max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)));
   const float row_min = _mm512_reduce_min_ps(_mm512_min_ps(l0, l1));
-  const float cap_max = transform.cap_in > 0.0f
-                            ? with_capped_form(transform, [&](auto form) { return cap_of_max<form()>(transform, row_max); })
-                            : 0.0f;
 
   const char* next = static_cast<const char*>(next_row);
   const RowSums sums = extras != nullptr
-                           ? sums_of<T, true>(row, vocab, transform, row_max, row_min, cap_max, next)
-                           : sums_of<T, false>(row, vocab, transform, row_max, row_min, cap_max, next);
+                           ? sums_of<T, true>(row, vocab, transform, row_max, row_min, next)
+                           : sums_of<T, false>(row, vocab, transform, row_max, row_min, next);
   const float sum = sums.sum;
   if (extras != nullptr) *extras = RowExtras{sums.sum_sq, sums.sum_base, sums.first_max};
   // a NaN or +inf logit makes the whole row NaN (a NaN reaches sum through pass 2's arithmetic; every
@@ -352,11 +359,11 @@ RowStats row_stats(const void* row_ptr, int64_t vocab, const RowTransformFloats&
     const float nan = std::numeric_limits<float>::quiet_NaN();
     return RowStats{nan, nan, nan, nan, nan, false};
   }
-  return RowStats{row_max, sum, static_cast<float>(std::log(static_cast<double>(sum))), sums.wsum / sum, cap_max,
-                  transform.cap_in > 0.0f && tanh_in_range(transform, row_max, row_min)};
+  return RowStats{row_max, sum, static_cast<float>(std::log(static_cast<double>(sum))), sums.wsum / sum, sums.cap_max,
+                  transform.cap_in > 0.0f && sums.in_range};
 }
 
-template <typename T, Form kForm, bool kInRange>
+template <typename T, Form kForm, bool kTanhInRange, bool kExpInRange>
 void row_grad_impl(const T* row, T* grad, int64_t vocab, const Centre<kForm>& centre, const RowStats& stats,
                    float grad_scale, float coef, float centred_coef) {
   constexpr bool kCapped = is_capped(kForm);
@@ -369,14 +376,15 @@ void row_grad_impl(const T* row, T* grad, int64_t vocab, const Centre<kForm>& ce
   // grad_scale (centred_coef (p (x - mean_shift)) - coef p) [times 1 - tanh^2 with softcap]: p (x - mean_shift)
   // is formed first, so p = 0 makes it 0 whatever centred_coef is. Without softcap x is floored at -FLT_MAX (a
   // -inf logit: 0, not NaN); with softcap x is finite (or NaN) and 1 - tanh^2 is 0 for a -inf logit.
-  // kInRange (softcap only): the row's tanh arguments and every x - log_sum lie within 80 of 0, so neither exp
-  // needs its clamp.
+  // Softcap only: kTanhInRange, the transform's in-range variant (the one the statistics pass took, so that
+  // both passes see the same x); kExpInRange, every x - log_sum lies within 80 of 0 (exp(x - log_sum)
+  // needs no clamp).
   auto grad_of = [&](__m512 z) {
     __m512 quarter_derivative = _mm512_setzero_ps();  // written with softcap only
-    const __m512 centred = centre.template at<kInRange>(z, &quarter_derivative);
+    const __m512 centred = centre.template at<kTanhInRange>(z, &quarter_derivative);
     const __m512 x = kCapped ? centred : _mm512_max_ps(v_floor, centred);
     const __m512 shifted = _mm512_sub_ps(x, v_log_sum);
-    const __m512 p = kInRange ? exp_in_range(shifted) : exp_of_clamped(exp_clamp(shifted));
+    const __m512 p = kExpInRange ? exp_in_range(shifted) : exp_of_clamped(exp_clamp(shifted));
     const __m512 q = _mm512_mul_ps(p, _mm512_sub_ps(x, v_mean_shift));
     const __m512 bracket = _mm512_fmsub_ps(v_centred_coef, q, _mm512_mul_ps(v_coef, p));
     if constexpr (kCapped) return _mm512_mul_ps(quarter_derivative, bracket);
@@ -402,20 +410,22 @@ void row_grad(const void* row_ptr, void* grad_ptr, int64_t vocab, const RowTrans
   T* grad = static_cast<T*>(grad_ptr);
   if (transform.cap_in > 0.0f) {
     // x >= -2 cap_out with softcap, so x - log_sum >= -80 when 2 cap_out + log_sum <= 80
-    const bool in_range = stats.tanh_in_range && 2.0f * transform.cap_out + stats.log_sum <= kNoClampRange;
+    const bool exp_in_range = 2.0f * transform.cap_out + stats.log_sum <= kNoClampRange;
     with_capped_form(transform, [&](auto form) {
       const Centre<form()> centre(transform, stats.max, stats.cap_max);
-      if (in_range) {
-        row_grad_impl<T, form(), true>(row, grad, vocab, centre, stats, grad_scale, coef, centred_coef);
+      if (!stats.tanh_in_range) {
+        row_grad_impl<T, form(), false, false>(row, grad, vocab, centre, stats, grad_scale, coef, centred_coef);
+      } else if (exp_in_range) {
+        row_grad_impl<T, form(), true, true>(row, grad, vocab, centre, stats, grad_scale, coef, centred_coef);
       } else {
-        row_grad_impl<T, form(), false>(row, grad, vocab, centre, stats, grad_scale, coef, centred_coef);
+        row_grad_impl<T, form(), true, false>(row, grad, vocab, centre, stats, grad_scale, coef, centred_coef);
       }
     });
   } else if (transform.slope == 1.0f) {
-    row_grad_impl<T, Form::kUnit, false>(row, grad, vocab, Centre<Form::kUnit>(transform, stats.max, 0.0f), stats,
+    row_grad_impl<T, Form::kUnit, false, false>(row, grad, vocab, Centre<Form::kUnit>(transform, stats.max, 0.0f), stats,
                                          grad_scale, coef, centred_coef);
   } else {
-    row_grad_impl<T, Form::kScaled, false>(row, grad, vocab, Centre<Form::kScaled>(transform, stats.max, 0.0f), stats,
+    row_grad_impl<T, Form::kScaled, false, false>(row, grad, vocab, Centre<Form::kScaled>(transform, stats.max, 0.0f), stats,
                                            grad_scale, coef, centred_coef);
   }
 }
